@@ -1,0 +1,40 @@
+# The README's commands. Each target installs what it needs first, so a fresh clone needs nothing else
+# than Python 3.11+, a JDK 17+ and Maven (the broker's jars come from Maven Central on first use).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-all faults bench bench-producer schemas broker-jars clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fetch (once, then cached) the Apache Kafka broker jars, so the first test does not pay for it.
+broker-jars: install
+	$(BIN)/ridestream broker fetch
+
+# The main job: a local broker, the scoring fleet and rides replayed into it, with a live view.
+run: broker-jars
+	$(BIN)/ridestream demo $(ARGS)
+
+# The CI test suite (everything but the long fault loops and benchmarks).
+test: broker-jars
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-all: broker-jars
+	$(BIN)/python -m pytest $(ARGS)
+
+bench-producer: broker-jars
+	$(BIN)/python -m bench.producer $(ARGS)
+
+schemas: install
+	$(BIN)/ridestream schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache results/*.tmp

@@ -1,0 +1,35 @@
+"""Building blocks of the wire contract shared by events and predictions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Contract(BaseModel):
+    """Every message on the wire: immutable, and unknown fields are an error rather than silently dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+# Timestamps must carry an offset ("2021-01-01T00:15:56Z"); naive local times are rejected, then normalised
+# to UTC so every consumer compares like with like.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+# TLC taxi zones are numbered 1..265 (taxi_zone_lookup.csv); 264/265 are the "Unknown" zones.
+ZoneId = Annotated[int, Field(ge=1, le=265, description="TLC taxi zone id (taxi_zone_lookup.csv)")]
+
+# No metered NYC taxi ride is longer than this; beyond it the record is a meter error.
+MAX_TRIP_MILES = 200.0
+Miles = Annotated[float, Field(ge=0.0, le=MAX_TRIP_MILES, allow_inf_nan=False)]
+Usd = Annotated[float, Field(ge=-1000.0, le=10_000.0, allow_inf_nan=False)]
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]

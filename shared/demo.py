@@ -1,0 +1,134 @@
+"""The main job, for a person: broker → models → fleet → rides → live view → summary.
+
+Everything started here is stopped here, in reverse order, on success, error or Ctrl+C (an ExitStack).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from producer.run import ProduceReport, produce
+from producer.settings import ProducerSettings
+from schemas.topics import RIDE_EVENTS_TOPIC, SERVICES, dead_letter_topic, prediction_topic
+from shared.errors import RidestreamError
+from shared.fleet import running_fleet, wait_ready
+from shared.kafka import ensure_topic
+from shared.live_view import FleetView, FleetWatcher
+from shared.settings import KafkaSettings
+
+# Seconds without a new prediction, once the producer is done, after which the demo stops waiting.
+SETTLE_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    data: list[Path] = field(default_factory=list)
+    rides: int = 2000
+    rate: float | None = 2000.0
+    speedup: float | None = None
+    models_dir: Path = Path("models")
+    instances: dict[str, int] = field(default_factory=lambda: {"duration": 2, "tip": 1, "cost": 1})
+    partitions: int = 6
+    bootstrap_servers: str | None = None
+    live: bool = True
+
+
+def expected_predictions(report: ProduceReport) -> dict[str, int]:
+    started = report.summary.published["ride_started"]
+    return {"duration": started + report.summary.published["ride_progress"], "tip": started, "cost": started}
+
+
+def ensure_models(options: DemoOptions, console: Console) -> None:
+    from consumers.training import models_present, train_models
+    from shared.synthetic import synthesize_trips
+    from shared.trips import read_many
+
+    if models_present(options.models_dir):
+        console.print(f"models: using {options.models_dir}")
+        return
+    source = "the given TLC files" if options.data else "20,000 synthetic rides"
+    with console.status(f"training models on {source} (first run only)…"):
+        trips = read_many(options.data).trips if options.data else synthesize_trips(20_000, seed=1).trips
+        train_models(trips, options.models_dir)
+    console.print(f"models: trained into {options.models_dir}")
+
+
+def start_broker(stack: ExitStack, console: Console) -> str:
+    from shared.broker import LocalKafka
+
+    with console.status("starting a local Apache Kafka broker (KRaft)…"):
+        kafka = stack.enter_context(LocalKafka.start(nodes=1))
+    console.print(f"broker: {kafka.bootstrap_servers}")
+    return kafka.bootstrap_servers
+
+
+def summary(view: FleetView, report: ProduceReport, expected: dict[str, int]) -> Table:
+    table = Table(title="ridestream demo summary")
+    for column in ("service", "expected", "predictions", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="right" if column != "service" else "left")
+    for service, count in expected.items():
+        seen = view.services[service]
+        p50, p99 = seen.percentile(0.5), seen.percentile(0.99)
+        table.add_row(service, f"{count:,}", f"{seen.predictions:,}",
+                      "—" if p50 is None else f"{p50:.0f}", "—" if p99 is None else f"{p99:.0f}")
+    table.caption = f"published {report.summary.total:,} events from {report.source}; failed {report.summary.failed}"
+    return table
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
+    """Run the whole fleet once; True when every expected prediction was seen."""
+    console = console or Console()
+    stop = threading.Event()
+    with ExitStack() as stack:
+        bootstrap = options.bootstrap_servers or start_broker(stack, console)
+        kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        client_config = kafka.client_config()
+        ensure_models(options, console)
+        for topic in [RIDE_EVENTS_TOPIC, *(prediction_topic(s) for s in SERVICES), *(dead_letter_topic(s) for s in SERVICES)]:
+            ensure_topic(client_config, topic, options.partitions)
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ridestream-demo-")))
+        fleet = stack.enter_context(running_fleet(options.instances, bootstrap, options.models_dir, log_dir))
+        with console.status(f"starting {len(fleet)} service processes…"):
+            wait_ready(fleet)
+        console.print("fleet: " + ", ".join(f"{i.name} (pid {i.process.pid}, metrics :{i.metrics_port})" for i in fleet))
+        watcher = FleetWatcher(client_config)
+        stack.callback(watcher.close)
+        settings = ProducerSettings(data=options.data, rides=options.rides, rate=options.rate, speedup=options.speedup,
+                                    partitions=options.partitions)
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="producer"))
+        producing = pool.submit(produce, settings, kafka, Console(quiet=True), stop.is_set)
+        last_change, last_total = time.monotonic(), -1
+        with Live(watcher.view.render("ridestream: live predictions"), console=console, refresh_per_second=4,
+                  transient=False, auto_refresh=options.live) as live:
+            try:
+                while True:
+                    watcher.poll(0.25)
+                    live.update(watcher.view.render("ridestream: live predictions"))
+                    total = sum(v.predictions for v in watcher.view.services.values())
+                    if total != last_total:
+                        last_change, last_total = time.monotonic(), total
+                    if producing.done():
+                        report = producing.result()  # re-raises the producer's error, if any
+                        expected = expected_predictions(report)
+                        done = all(watcher.view.services[s].predictions >= n for s, n in expected.items())
+                        if done or time.monotonic() - last_change > SETTLE_TIMEOUT_S:
+                            break
+                    for instance in fleet:
+                        if instance.process.poll() is not None:
+                            raise RidestreamError(f"{instance.name} exited:\n{instance.log_tail()}")
+            except KeyboardInterrupt:
+                stop.set()
+                console.print("stopping…")
+                return False
+        console.print(summary(watcher.view, report, expected))
+        return done

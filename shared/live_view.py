@@ -1,0 +1,148 @@
+"""A terminal view of the fleet at work: predictions per service, throughput, latency, and a few recent
+rides with what was predicted at their start next to what actually happened.
+
+It reads the same topics any client would (it is a plain consumer, assigned at the topics' current ends),
+so what it shows is what was really delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+from schemas.topics import RIDE_EVENTS_TOPIC, SERVICES, prediction_topic
+from shared.kafka import TopicPartition, make_consumer
+
+MAX_TRACKED = 200_000
+VALUE_FIELDS = {"duration": "predicted_duration_minutes", "tip": "predicted_tip_usd", "cost": "predicted_total_usd"}
+
+
+@dataclass
+class ServiceView:
+    predictions: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=50))
+
+    def rate(self) -> float:
+        if len(self.window) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.window[0], self.window[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies_ms:
+            return None
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class FleetView:
+    services: dict[str, ServiceView] = field(default_factory=lambda: {s: ServiceView() for s in SERVICES})
+    events: Counter[str] = field(default_factory=Counter)
+    event_ts: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    start_predictions: OrderedDict[str, dict[str, float]] = field(default_factory=OrderedDict)
+    recent: deque[tuple[str, ...]] = field(default_factory=lambda: deque(maxlen=8))
+
+    def on_event(self, value: dict[str, Any], timestamp_ms: int) -> None:
+        self.events[value.get("event_type", "?")] += 1
+        if value.get("event_type") == "ride_completed":
+            self.on_completed(value)
+            return
+        self.event_ts[value.get("event_id", "")] = timestamp_ms
+        if len(self.event_ts) > MAX_TRACKED:
+            self.event_ts.popitem(last=False)
+
+    def on_prediction(self, service: str, value: dict[str, Any], timestamp_ms: int) -> None:
+        view = self.services[service]
+        view.predictions += 1
+        source_ts = self.event_ts.get(value.get("source_event_id", ""))
+        if source_ts is not None:
+            view.latencies_ms.append(max(0.0, timestamp_ms - source_ts))
+        if value.get("source_event_type") == "ride_started":
+            self.start_predictions.setdefault(value["ride_id"], {})[service] = float(value[VALUE_FIELDS[service]])
+            if len(self.start_predictions) > MAX_TRACKED:
+                self.start_predictions.popitem(last=False)
+
+    def on_completed(self, value: dict[str, Any]) -> None:
+        predicted = self.start_predictions.pop(value["ride_id"], None)
+        if not predicted:
+            return
+        def pair(service: str, actual: float, unit: str) -> str:
+            guess = predicted.get(service)
+            return f"{guess:.1f} / {actual:.1f}{unit}" if guess is not None else f"— / {actual:.1f}{unit}"
+        self.recent.appendleft((
+            value["ride_id"],
+            pair("duration", value["duration_minutes"], " min"),
+            pair("tip", value["tip_amount_usd"], " $"),
+            pair("cost", value["total_amount_usd"], " $"),
+        ))
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for view in self.services.values():
+            view.window.append((now, view.predictions))
+
+    def render(self, title: str) -> Group:
+        services = Table(title=title, expand=False)
+        for column in ("service", "predictions", "per s", "p50 ms", "p99 ms"):
+            services.add_column(column, justify="right" if column != "service" else "left")
+        for name, view in self.services.items():
+            p50, p99 = view.percentile(0.5), view.percentile(0.99)
+            services.add_row(name, f"{view.predictions:,}", f"{view.rate():,.0f}",
+                             "—" if p50 is None else f"{p50:.0f}", "—" if p99 is None else f"{p99:.0f}")
+        events = ", ".join(f"{kind} {count:,}" for kind, count in sorted(self.events.items())) or "waiting for rides"
+        rides = Table(title="recent completed rides: predicted at start / actual", expand=False)
+        for column in ("ride", "duration", "tip", "total cost"):
+            rides.add_column(column)
+        for row in self.recent:
+            rides.add_row(*row)
+        return Group(services, f"events seen: {events}", rides)
+
+
+class FleetWatcher:
+    """Consumes rides.events and every predictions topic from their current end into a FleetView."""
+
+    def __init__(self, client_config: Mapping[str, str], input_topic: str = RIDE_EVENTS_TOPIC) -> None:
+        self.view = FleetView()
+        self.topics = {input_topic: None, **{prediction_topic(s): s for s in SERVICES}}
+        self.consumer = make_consumer(client_config, f"ridestream-view-{uuid.uuid4().hex[:8]}")
+        self.consumer.assign(self.current_ends())
+
+    def current_ends(self) -> list[TopicPartition]:
+        metadata = self.consumer.list_topics(timeout=10)
+        ends = []
+        for topic in self.topics:
+            for partition in metadata.topics[topic].partitions if topic in metadata.topics else []:
+                _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                ends.append(TopicPartition(topic, partition, high))
+        return ends
+
+    def poll(self, timeout_s: float = 0.2) -> int:
+        messages = self.consumer.consume(5000, timeout_s)
+        for message in messages:
+            if message.error() is not None:
+                continue
+            try:
+                value = json.loads(message.value() or b"")
+            except ValueError:
+                continue
+            service = self.topics.get(message.topic())
+            timestamp = message.timestamp()[1]
+            if service is None:
+                self.view.on_event(value, timestamp)
+            else:
+                self.view.on_prediction(service, value, timestamp)
+        self.view.tick()
+        return len(messages)
+
+    def close(self) -> None:
+        self.consumer.close()

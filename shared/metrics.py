@@ -1,0 +1,92 @@
+"""Prometheus metrics of one scoring service, on an injected registry, plus /healthz and /readyz.
+
+Processing code calls the hook methods only (`on_batch`, `on_dead_letter`, ...), never a metric object, so
+the metric names live here alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+# Event-time → prediction latency buckets, seconds: the 50 ms target sits in the middle.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class ServiceMetrics:
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("ridestream_events_in", "Input records consumed", ["service", "event_type"], registry=r)
+        self.predictions_out = Counter("ridestream_predictions_out", "Predictions delivered", ["service"], registry=r)
+        self.ignored = Counter("ridestream_events_ignored", "Valid events this service does not score", ["service", "event_type"], registry=r)
+        self.dead_lettered = Counter("ridestream_dead_lettered", "Records sent to the dead-letter topic", ["service", "reason"], registry=r)
+        self.batch_size = Histogram("ridestream_batch_size", "Records per micro-batch", ["service"], buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("ridestream_batch_processing_seconds", "Decode→score→deliver→commit time per batch", ["service"], registry=r)
+        self.latency = Histogram("ridestream_event_to_prediction_seconds", "Event time to prediction delivered", ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("ridestream_consumer_lag", "Records behind the partition end", ["service", "topic", "partition"], registry=r)
+        self.model = Info("ridestream_model", "Model this service scores with", ["service"], registry=r)
+        self.service = service
+        self.last_loop = time.monotonic()
+        self.ready = False
+
+    def on_model_loaded(self, name: str, version: str) -> None:
+        self.model.labels(self.service).info({"name": name, "version": version})
+
+    def on_event(self, event_type: str, count: int = 1) -> None:
+        self.events_in.labels(self.service, event_type).inc(count)
+
+    def on_ignored(self, event_type: str, count: int = 1) -> None:
+        self.ignored.labels(self.service, event_type).inc(count)
+
+    def on_dead_letter(self, reason: str, count: int = 1) -> None:
+        self.dead_lettered.labels(self.service, reason).inc(count)
+
+    def on_batch(self, size: int, seconds: float, predictions: int, latencies_s: Iterable[float]) -> None:
+        self.batch_size.labels(self.service).observe(size)
+        self.batch_seconds.labels(self.service).observe(seconds)
+        self.predictions_out.labels(self.service).inc(predictions)
+        histogram = self.latency.labels(self.service)
+        for latency in latencies_s:
+            histogram.observe(latency)
+
+    def on_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.lag.labels(self.service, topic, str(partition)).set(lag)
+
+    def on_loop(self, ready: bool) -> None:
+        self.last_loop = time.monotonic()
+        self.ready = ready
+
+    def healthy(self, stall_after_s: float = 60.0) -> bool:
+        return time.monotonic() - self.last_loop < stall_after_s
+
+
+def serve_metrics(metrics: ServiceMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Serve /metrics, /healthz (the loop is turning) and /readyz (partitions assigned, broker reachable)."""
+    routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+        "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
+        "/healthz": lambda: (200, b"ok\n", "text/plain") if metrics.healthy() else (503, b"stalled\n", "text/plain"),
+        "/readyz": lambda: (200, b"ready\n", "text/plain") if metrics.ready else (503, b"not ready\n", "text/plain"),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            route = routes.get(self.path.split("?")[0])
+            status, body, content_type = route() if route else (404, b"not found\n", "text/plain")
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: keep logs clean
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

@@ -1,0 +1,321 @@
+"""The one run loop every scoring service shares.
+
+    consume a micro-batch → decode and validate → score once per batch → produce predictions and dead
+    letters → flush and verify delivery → commit the batch's offsets
+
+No business logic lives here: decoding is `shared.serde`, scoring is the service's pure scorer, dead-letter
+records are `shared.dead_letter`. The loop talks to Protocols, so component tests drive it with in-memory
+fakes and integration tests with the real broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from shared.dead_letter import DeadLetter, dead_letter_for
+from shared.errors import DeliveryError, KafkaUnavailableError
+from shared.kafka import KafkaError, KafkaException, Message, TopicPartition
+from shared.metrics import ServiceMetrics
+from shared.serde import Rejected, RideEventModel, decode_event, encode
+
+log = logging.getLogger(__name__)
+
+
+class BatchConsumer(Protocol):
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Message]: ...
+    def commit(self, message: Message | None = ..., offsets: list[TopicPartition] | None = ..., asynchronous: bool = ...) -> Any: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]: ...
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float | None = ..., cached: bool = ...) -> tuple[int, int] | None: ...
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+    def close(self) -> None: ...
+
+
+class BatchProducer(Protocol):
+    def produce(self, topic: str, value: bytes | None = ..., key: bytes | None = ..., on_delivery: Any = ..., headers: Any = ...) -> None: ...
+    def poll(self, timeout: float = ...) -> int: ...
+    def flush(self, timeout: float = ...) -> int: ...
+
+
+class ScoreResultLike(Protocol):
+    predictions: Sequence[Any]
+    failures: Sequence[tuple[Any, str]]
+
+
+class Scorer(Protocol):
+    """A service's pure scoring step (see consumers/<service>/scorer.py)."""
+
+    model_name: str
+    model_version: str
+    scored_event_types: frozenset[str]
+
+    def score(self, events: Sequence[Any], produced_at: datetime) -> ScoreResultLike: ...
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    service: str
+    output_topic: str
+    dlq_topic: str
+    batch_size: int = 500
+    batch_timeout_s: float = 0.1
+    max_payload_bytes: int = 64 * 1024
+    broker_loss_timeout_s: float = 60.0
+    flush_timeout_s: float = 30.0
+    lag_interval_s: float = 5.0
+    # Bounded runs, for tests and benchmarks: stop after this many records / this long without any.
+    max_messages: int | None = None
+    idle_timeout_s: float | None = None
+
+
+@dataclass
+class RunStats:
+    consumed: int = 0
+    predictions: int = 0
+    dead_lettered: int = 0
+    ignored: int = 0
+    batches: int = 0
+
+
+@dataclass
+class BatchPlan:
+    """One micro-batch sorted into what to score, what to dead-letter and what to pass over."""
+
+    to_score: list[RideEventModel] = field(default_factory=list)
+    sources: list[Message] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dead_reasons: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)
+
+
+class BrokerWatch:
+    """Remembers since when every broker has been unreachable, from librdkafka's error callback."""
+
+    DOWN_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.fatal: KafkaError | None = None
+
+    def on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.fatal = error
+        elif error.code() == KafkaError._ALL_BROKERS_DOWN and self.down_since is None:
+            self.down_since = time.monotonic()
+
+    def on_contact(self) -> None:
+        self.down_since = None
+
+    def down_for(self) -> float:
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+
+def plan_batch(messages: Sequence[Message], scored_types: frozenset[str], service: str, max_payload: int) -> BatchPlan:
+    """Decode every record; sort it into scored, dead-lettered (with the reason) or ignored."""
+    plan = BatchPlan()
+    for message in messages:
+        value = message.value()
+        decoded: RideEventModel | Rejected = (
+            Rejected("oversized", f"{len(value)} bytes > {max_payload}")
+            if value is not None and len(value) > max_payload
+            else decode_event(value)
+        )
+        if isinstance(decoded, Rejected):
+            plan.dead_letters.append(dead_letter_for(message, decoded.reason, decoded.detail, service))
+            plan.dead_reasons.append(decoded.reason)
+            plan.event_types.append("invalid")
+        elif decoded.event_type in scored_types:
+            plan.to_score.append(decoded)
+            plan.sources.append(message)
+            plan.event_types.append(decoded.event_type)
+        else:
+            plan.ignored.append(decoded.event_type)
+            plan.event_types.append(decoded.event_type)
+    return plan
+
+
+def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """The offsets to commit after `messages`: per partition, one past the highest offset seen."""
+    highest: dict[tuple[str, int], int] = {}
+    for message in messages:
+        key = (message.topic(), message.partition())
+        highest[key] = max(highest.get(key, -1), message.offset())
+    return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in highest.items()]
+
+
+class DeliveryLedger:
+    """Collects delivery reports of one batch; any error blocks the commit of that batch."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.errors: list[str] = []
+        self.delivered_at: list[float] = []
+
+    def expect(self) -> None:
+        self.pending += 1
+
+    def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        self.pending -= 1
+        if error is not None:
+            self.errors.append(str(error))
+
+
+class ServiceRunner:
+    def __init__(
+        self,
+        consumer: BatchConsumer,
+        producer: BatchProducer,
+        scorer: Scorer,
+        config: RunnerConfig,
+        metrics: ServiceMetrics | None = None,
+        watch: BrokerWatch | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.scorer = scorer
+        self.config = config
+        self.metrics = metrics or ServiceMetrics(config.service)
+        self.watch = watch or BrokerWatch()
+        self.stats = RunStats()
+        self.metrics.on_model_loaded(scorer.model_name, scorer.model_version)
+        self._last_lag = 0.0
+
+    def run(self, stop: threading.Event) -> RunStats:
+        """Process batches until `stop` is set (or a bounded run ends); then commit and leave the group."""
+        last_record = time.monotonic()
+        try:
+            while not stop.is_set():
+                messages = self.consumer.consume(self.config.batch_size, self.config.batch_timeout_s)
+                self.raise_if_fatal()
+                records = [m for m in messages if self.usable(m)]
+                self.metrics.on_loop(ready=bool(self.consumer.assignment()) and self.watch.down_since is None)
+                if records:
+                    self.watch.on_contact()
+                    self.process(records)
+                    last_record = time.monotonic()
+                else:
+                    self.check_brokers()
+                self.report_lag()
+                if self.bounded_run_over(last_record):
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def usable(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consumer error (will retry): %s", error)
+        return False
+
+    def raise_if_fatal(self) -> None:
+        if self.watch.fatal is not None:
+            raise KafkaException(self.watch.fatal)
+
+    def check_brokers(self) -> None:
+        """End the process when the cluster has been gone longer than allowed: no zombie reporting healthy."""
+        if self.watch.down_since is None:
+            return
+        try:
+            self.consumer.list_topics(timeout=1.0)
+            self.watch.on_contact()
+        except KafkaException:
+            if self.watch.down_for() > self.config.broker_loss_timeout_s:
+                raise KafkaUnavailableError(
+                    f"{self.config.service}: no Kafka broker reachable for {self.watch.down_for():.0f}s "
+                    f"(limit {self.config.broker_loss_timeout_s:.0f}s); stopping"
+                ) from None
+
+    def bounded_run_over(self, last_record: float) -> bool:
+        if self.config.max_messages is not None and self.stats.consumed >= self.config.max_messages:
+            return True
+        idle = self.config.idle_timeout_s
+        return idle is not None and time.monotonic() - last_record > idle
+
+    def process(self, messages: Sequence[Message]) -> None:
+        """One micro-batch, in the order that makes at-least-once hold.
+
+        1. decode and validate every record; refused ones become dead letters (never dropped);
+        2. score the valid events with one vectorized call; unscoreable rows become dead letters too;
+        3. produce predictions (keyed by ride_id) and dead letters;
+        4. flush and verify every delivery report: any failure raises DeliveryError and nothing is committed,
+           so the batch is consumed again after restart;
+        5. commit the offsets of the whole batch, synchronously.
+        """
+        started = time.monotonic()
+        plan = plan_batch(messages, self.scorer.scored_event_types, self.config.service, self.config.max_payload_bytes)
+        result = self.scorer.score(plan.to_score, datetime.now(UTC))
+        source_of = {id(event): message for event, message in zip(plan.to_score, plan.sources)}
+        for event, reason in result.failures:
+            plan.dead_letters.append(dead_letter_for(source_of[id(event)], "unscoreable", reason, self.config.service))
+            plan.dead_reasons.append("unscoreable")
+        ledger = DeliveryLedger()
+        self.produce_outputs(result.predictions, plan.dead_letters, ledger)
+        self.await_delivery(ledger)
+        self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
+        self.record(plan, messages, result.predictions, time.monotonic() - started)
+
+    def produce_outputs(self, predictions: Sequence[Any], dead_letters: Sequence[DeadLetter], ledger: DeliveryLedger) -> None:
+        for prediction in predictions:
+            ledger.expect()
+            self.produce(self.config.output_topic, prediction.ride_id.encode(), encode(prediction), None, ledger)
+        for letter in dead_letters:
+            ledger.expect()
+            self.produce(self.config.dlq_topic, letter.key, letter.value, letter.headers, ledger)
+
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, ledger: DeliveryLedger) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=ledger.on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # queue full: serve delivery reports, then retry
+
+    def await_delivery(self, ledger: DeliveryLedger) -> None:
+        remaining = self.producer.flush(self.config.flush_timeout_s)
+        if ledger.errors or remaining or ledger.pending:
+            raise DeliveryError(
+                f"{self.config.service}: {len(ledger.errors) or ledger.pending} output records not delivered "
+                f"({ledger.errors[0] if ledger.errors else 'flush timed out'}); offsets not committed"
+            )
+
+    def record(self, plan: BatchPlan, messages: Sequence[Message], predictions: Sequence[Any], seconds: float) -> None:
+        now_ms = time.time() * 1000
+        latencies = [max(0.0, (now_ms - m.timestamp()[1]) / 1000) for m in plan.sources if m.timestamp()[1] > 0]
+        for event_type in plan.event_types:
+            self.metrics.on_event(event_type)
+        for event_type in plan.ignored:
+            self.metrics.on_ignored(event_type)
+        for reason in plan.dead_reasons:
+            self.metrics.on_dead_letter(reason)
+        self.metrics.on_batch(len(messages), seconds, len(predictions), latencies)
+        self.stats.consumed += len(messages)
+        self.stats.predictions += len(predictions)
+        self.stats.dead_lettered += len(plan.dead_letters)
+        self.stats.ignored += len(plan.ignored)
+        self.stats.batches += 1
+
+    def report_lag(self) -> None:
+        if time.monotonic() - self._last_lag < self.config.lag_interval_s:
+            return
+        self._last_lag = time.monotonic()
+        assigned = self.consumer.assignment()
+        for position in self.consumer.position(assigned) if assigned else []:
+            marks = self.consumer.get_watermark_offsets(position, cached=True)
+            if marks is not None and position.offset >= 0:
+                self.metrics.on_lag(position.topic, position.partition, max(0, marks[1] - position.offset))
+
+    def close(self) -> None:
+        """Flush what is in flight, then leave the group (close commits nothing: every batch already did)."""
+        self.producer.flush(self.config.flush_timeout_s)
+        self.consumer.close()

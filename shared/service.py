@@ -1,0 +1,90 @@
+"""What every scoring service has in common: its settings shape and how its parts are wired to run.
+
+A service module (consumers/<service>/) declares a `ServiceSettings` subclass with its own defaults and env
+prefix, and a scorer; `run_service` does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.topics import RIDE_EVENTS_TOPIC
+from shared.kafka import ensure_topic, make_consumer, make_producer, wait_for_cluster
+from shared.lifecycle import install_stop_handlers
+from shared.metrics import ServiceMetrics, serve_metrics
+from shared.runner import BrokerWatch, RunnerConfig, RunStats, Scorer, ServiceRunner
+from shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of one scoring service. Subclasses set `service`, topics, the env prefix and the port."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    service: str
+    group_id: str
+    input_topic: str = RIDE_EVENTS_TOPIC
+    output_topic: str
+    dlq_topic: str
+    models_dir: Path = DEFAULT_MODELS_DIR
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    batch_timeout_s: float = Field(default=0.05, gt=0, le=60)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="None: no HTTP endpoint; 0: any free port")
+    metrics_host: str = "127.0.0.1"
+    group_instance_id: str | None = Field(default=None, description="static membership: a stable id per instance")
+    broker_loss_timeout_s: float = Field(default=60.0, gt=0)
+    output_partitions: int = Field(default=6, ge=1)
+    max_messages: int | None = Field(default=None, ge=1)
+    idle_timeout_s: float | None = Field(default=None, gt=0)
+
+    def runner_config(self) -> RunnerConfig:
+        return RunnerConfig(
+            service=self.service,
+            output_topic=self.output_topic,
+            dlq_topic=self.dlq_topic,
+            batch_size=self.batch_size,
+            batch_timeout_s=self.batch_timeout_s,
+            broker_loss_timeout_s=self.broker_loss_timeout_s,
+            max_messages=self.max_messages,
+            idle_timeout_s=self.idle_timeout_s,
+        )
+
+
+def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer, stop: threading.Event | None = None) -> RunStats:
+    """Connect, make sure the output topics exist, serve metrics, and run until stopped."""
+    client_config = kafka.client_config()
+    wait_for_cluster(client_config, kafka.connect_timeout_s)
+    for topic in (settings.input_topic, settings.output_topic, settings.dlq_topic):
+        ensure_topic(client_config, topic, settings.output_partitions)
+    watch = BrokerWatch()
+    consumer_overrides: dict[str, object] = {"error_cb": watch.on_error}
+    if settings.group_instance_id:
+        consumer_overrides["group.instance.id"] = settings.group_instance_id
+    consumer = make_consumer(client_config, settings.group_id, consumer_overrides)
+    consumer.subscribe(
+        [settings.input_topic],
+        on_assign=lambda _c, parts: log.info("assigned %s", [p.partition for p in parts]),
+        on_revoke=lambda _c, parts: log.info("revoked %s", [p.partition for p in parts]),
+    )
+    # The producer's linger is short: every batch ends in a flush, so linger only adds latency here.
+    producer = make_producer(client_config, {"linger.ms": 1, "error_cb": watch.on_error})
+    metrics = ServiceMetrics(settings.service)
+    if settings.metrics_port is not None:
+        server = serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_address[1])
+    if stop is None:
+        stop = threading.Event()
+        install_stop_handlers(stop)
+    runner = ServiceRunner(consumer, producer, scorer, settings.runner_config(), metrics, watch)
+    log.info("%s scoring %s → %s with %s %s", settings.service, settings.input_topic, settings.output_topic,
+             scorer.model_name, scorer.model_version)
+    return runner.run(stop)

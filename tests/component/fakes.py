@@ -1,0 +1,139 @@
+"""In-memory stand-ins for the Kafka clients, for component tests of the runner (never for integration)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shared.kafka import KafkaError, TopicPartition
+
+
+@dataclass
+class FakeMessage:
+    _value: bytes | None
+    _key: bytes | None = None
+    _topic: str = "rides.events"
+    _partition: int = 0
+    _offset: int = 0
+    _headers: list[tuple[str, bytes]] | None = None
+    _timestamp_ms: int = 0
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def error(self) -> KafkaError | None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp_ms)
+
+
+@dataclass
+class FakeConsumer:
+    batches: list[list[FakeMessage]]
+    committed: list[list[TopicPartition]] = field(default_factory=list)
+    closed: bool = False
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, message: Any = None, offsets: list[TopicPartition] | None = None, asynchronous: bool = True) -> None:
+        self.committed.append(list(offsets or []))
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("rides.events", 0)]
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return partitions
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float | None = None, cached: bool = False) -> tuple[int, int]:
+        return (0, 0)
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Produced:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+
+@dataclass
+class FakeProducer:
+    """Delivers on flush; `fail_topic` makes every delivery to that topic fail, like a broker refusal."""
+
+    fail_topic: str | None = None
+    produced: list[Produced] = field(default_factory=list)
+    _pending: list[tuple[Any, Produced]] = field(default_factory=list)
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, on_delivery: Any = None, headers: Any = None) -> None:
+        record = Produced(topic, key, value, headers)
+        self._pending.append((on_delivery, record))
+
+    def poll(self, timeout: float = 0) -> int:
+        return self.flush()
+
+    def flush(self, timeout: float = -1) -> int:
+        for callback, record in self._pending:
+            error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if record.topic == self.fail_topic else None
+            if error is None:
+                self.produced.append(record)
+            if callback is not None:
+                callback(error, None)
+        self._pending.clear()
+        return 0
+
+
+@dataclass
+class ScoreResult:
+    predictions: list[Any]
+    failures: list[tuple[Any, str]]
+
+
+@dataclass
+class EchoScorer:
+    """Scores ride_started events with a constant; refuses rides whose id starts with 'nan'."""
+
+    model_name: str = "echo"
+    model_version: str = "echo-1"
+    scored_event_types: frozenset[str] = frozenset({"ride_started"})
+    calls: int = 0
+
+    def score(self, events: Sequence[Any], produced_at: datetime) -> ScoreResult:
+        from schemas.predictions import TipPrediction
+
+        self.calls += 1
+        predictions, failures = [], []
+        for event in events:
+            if event.ride_id.startswith("nan"):
+                failures.append((event, "model returned NaN"))
+                continue
+            predictions.append(TipPrediction(
+                ride_id=event.ride_id, source_event_id=event.event_id, source_event_type=event.event_type,
+                source_event_time=event.event_time, model_name=self.model_name, model_version=self.model_version,
+                produced_at=produced_at, predicted_tip_usd=1.0,
+            ))
+        return ScoreResult(predictions, failures)

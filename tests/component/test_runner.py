@@ -1,0 +1,75 @@
+"""The shared run loop against in-memory clients: ordering of produce/deliver/commit, and dead letters."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from shared.errors import DeliveryError
+from shared.runner import RunnerConfig, ServiceRunner
+from shared.serde import encode
+from tests.component.fakes import EchoScorer, FakeConsumer, FakeMessage, FakeProducer
+from tests.factories import ride_completed, ride_started
+
+CONFIG = RunnerConfig(service="tip", output_topic="predictions.tip", dlq_topic="dlq.tip", max_messages=None, idle_timeout_s=0.01)
+
+
+def message(payload: bytes | None, offset: int, partition: int = 0) -> FakeMessage:
+    return FakeMessage(payload, b"k", _offset=offset, _partition=partition)
+
+
+def run(consumer: FakeConsumer, producer: FakeProducer, scorer: EchoScorer | None = None) -> ServiceRunner:
+    runner = ServiceRunner(consumer, producer, scorer or EchoScorer(), CONFIG)
+    runner.run(threading.Event())
+    return runner
+
+
+def test_valid_events_are_scored_in_one_call_and_bad_ones_dead_lettered_in_the_same_batch() -> None:
+    batch = [
+        message(encode(ride_started("a")), 0),
+        message(b"\x00garbage", 1),
+        message(encode(ride_started("b")), 2),
+        message(encode(ride_completed("a")), 3),
+        message(encode(ride_started("nan-1")), 4),
+    ]
+    consumer, producer, scorer = FakeConsumer([batch]), FakeProducer(), EchoScorer()
+    runner = run(consumer, producer, scorer)
+
+    outputs = [p for p in producer.produced if p.topic == "predictions.tip"]
+    dead = [p for p in producer.produced if p.topic == "dlq.tip"]
+    assert scorer.calls == 1
+    assert sorted(p.key for p in outputs) == [b"a", b"b"]
+    assert {dict(d.headers)["ridestream.reason"] for d in dead} == {b"undecodable", b"unscoreable"}
+    assert dead[0].value == b"\x00garbage" and dict(dead[0].headers)["ridestream.source.offset"] == b"1"
+    assert runner.stats.ignored == 1  # ride_completed is not scored by tip, and not dead-lettered
+    assert [(tp.partition, tp.offset) for tp in consumer.committed[0]] == [(0, 5)]
+    assert consumer.closed
+
+
+def test_commits_one_past_the_highest_offset_of_each_partition() -> None:
+    batch = [message(encode(ride_started("a")), 7, 0), message(encode(ride_started("b")), 3, 1), message(encode(ride_started("c")), 8, 0)]
+    consumer = FakeConsumer([batch])
+    run(consumer, FakeProducer())
+    assert sorted((tp.partition, tp.offset) for tp in consumer.committed[0]) == [(0, 9), (1, 4)]
+
+
+def test_a_failed_delivery_stops_the_commit() -> None:
+    consumer = FakeConsumer([[message(encode(ride_started("a")), 0)]])
+    with pytest.raises(DeliveryError, match="not committed"):
+        run(consumer, FakeProducer(fail_topic="predictions.tip"))
+    assert consumer.committed == []
+    assert consumer.closed
+
+
+def test_a_failed_dead_letter_delivery_also_stops_the_commit() -> None:
+    consumer = FakeConsumer([[message(b"not json", 0)]])
+    with pytest.raises(DeliveryError):
+        run(consumer, FakeProducer(fail_topic="dlq.tip"))
+    assert consumer.committed == []
+
+
+def test_oversized_records_are_dead_lettered_without_decoding() -> None:
+    consumer, producer = FakeConsumer([[message(b"{" + b" " * 70_000 + b"}", 0)]]), FakeProducer()
+    run(consumer, producer)
+    assert dict(producer.produced[0].headers)["ridestream.reason"] == b"oversized"
