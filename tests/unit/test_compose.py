@@ -1,0 +1,63 @@
+"""docker-compose.yml cannot run here (no Docker engine), so its wiring is checked against the code."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import typer.main
+import yaml
+from pydantic_settings import BaseSettings
+
+from consumers.cost.settings import CostSettings
+from consumers.duration.settings import DurationSettings
+from consumers.tip.settings import TipSettings
+from producer.settings import ProducerSettings
+from shared.cli import app
+from shared.settings import KafkaSettings
+
+COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+OURS = {name: spec for name, spec in COMPOSE["services"].items() if spec.get("image", "").startswith("ridestream")}
+SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
+    "KAFKA_": KafkaSettings, "PRODUCER_": ProducerSettings,
+    "DURATION_": DurationSettings, "TIP_": TipSettings, "COST_": CostSettings,
+}
+
+
+def cli_commands() -> set[str]:
+    group = typer.main.get_command(app)
+    return set(group.commands)  # type: ignore[attr-defined]
+
+
+def test_compose_runs_kafka_in_kraft_mode_and_every_ridestream_process() -> None:
+    assert COMPOSE["services"]["kafka"]["image"].startswith("apache/kafka:4")
+    assert COMPOSE["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert {"producer", "duration", "tip", "cost"} <= set(OURS)
+    assert COMPOSE["services"]["duration"]["deploy"]["replicas"] >= 1
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_every_service_command_is_a_real_entry_point(name: str) -> None:
+    command = OURS[name]["command"]
+    if command[0] == "ridestream":
+        assert command[1] in cli_commands(), f"{name}: `ridestream {command[1]}` is not a command"
+    else:
+        assert command[:2] == ["python", "-m"], f"{name}: unexpected command {command}"
+        assert importlib.util.find_spec(command[2] + ".__main__") is not None, f"{name}: no module {command[2]}"
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_every_environment_name_is_a_field_of_a_settings_class(name: str) -> None:
+    for variable in OURS[name].get("environment") or {}:
+        prefix = next((p for p in SETTINGS_BY_PREFIX if variable.startswith(p)), None)
+        assert prefix is not None, f"{name}: {variable} belongs to no settings class"
+        field = variable.removeprefix(prefix).lower()
+        assert field in SETTINGS_BY_PREFIX[prefix].model_fields, f"{name}: {variable} is not a {SETTINGS_BY_PREFIX[prefix].__name__} field"
+
+
+def test_prometheus_scrapes_the_port_the_services_listen_on() -> None:
+    prometheus = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "prometheus.yml").read_text())
+    port = prometheus["scrape_configs"][0]["dns_sd_configs"][0]["port"]
+    for service in ("duration", "tip", "cost"):
+        assert OURS[service]["environment"][f"{service.upper()}_METRICS_PORT"] == str(port)
