@@ -166,6 +166,11 @@ def demo(
         raise RidestreamError("the demo ended before every expected prediction was seen")
 
 
+class Guarantee(str, enum.Enum):
+    at_least_once = "at_least_once"
+    exactly_once = "exactly_once"
+
+
 class Service(str, enum.Enum):
     duration = "duration"
     tip = "tip"
@@ -183,12 +188,18 @@ def consume(
     instance_id: Annotated[str | None, typer.Option(help="static group membership id (group.instance.id)")] = None,
     max_messages: Annotated[int | None, typer.Option(help="stop after this many records (bounded runs)")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="stop after this many seconds without records")] = None,
+    processing_guarantee: Annotated[Guarantee | None, typer.Option(
+        help="at_least_once (default) or exactly_once (transactions; read outputs with read_committed)")] = None,
+    instance_name: Annotated[str | None, typer.Option(
+        help="stable instance name; names the transactional.id under exactly_once (default: host name)")] = None,
 ) -> None:
     """Run one scoring service: consume ride events, publish predictions, dead-letter bad input."""
     from shared.settings import KafkaSettings
 
     flags = {"models_dir": models, "group_id": group, "batch_size": batch_size, "metrics_port": metrics_port,
-             "group_instance_id": instance_id, "max_messages": max_messages, "idle_timeout_s": idle_timeout}
+             "group_instance_id": instance_id, "max_messages": max_messages, "idle_timeout_s": idle_timeout,
+             "processing_guarantee": processing_guarantee.value if processing_guarantee else None,
+             "instance_name": instance_name}
     kafka = KafkaSettings(**({"bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}))
     module = importlib.import_module(f"consumers.{service.value}.__main__")
     stats = module.serve({k: v for k, v in flags.items() if v is not None}, kafka)

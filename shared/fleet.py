@@ -52,13 +52,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def service_environment(service: str, bootstrap: str, models_dir: Path, metrics_port: int, extra: Mapping[str, str]) -> dict[str, str]:
+def service_environment(
+    service: str, instance: int, bootstrap: str, models_dir: Path, metrics_port: int, extra: Mapping[str, str]
+) -> dict[str, str]:
     prefix = service.upper() + "_"
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         prefix + "MODELS_DIR": str(models_dir),
         prefix + "METRICS_PORT": str(metrics_port),
+        # Stable across restarts of the same instance number: under exactly_once it names the
+        # transactional.id, so a restarted instance fences the one it replaces.
+        prefix + "INSTANCE_NAME": f"{service}-{instance}",
         "PYTHONUNBUFFERED": "1",
     }
     env.update({key if key.startswith(prefix) else prefix + key: value for key, value in extra.items()})
@@ -74,7 +79,7 @@ def start_service(
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", f"consumers.{service}"],
-            env=service_environment(service, bootstrap, models_dir.resolve(), port, extra_env or {}),
+            env=service_environment(service, instance, bootstrap, models_dir.resolve(), port, extra_env or {}),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl+C in the terminal reaches the demo, which stops us in order
         )

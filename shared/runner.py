@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from shared.dead_letter import DeadLetter, dead_letter_for
-from shared.errors import DeliveryError, KafkaUnavailableError
+from shared.errors import KafkaUnavailableError
+from shared.guarantees import AtLeastOnce, DeliveryLedger, ExactlyOnce
 from shared.kafka import KafkaError, KafkaException, Message, TopicPartition
 from shared.metrics import ServiceMetrics
 from shared.serde import Rejected, RideEventModel, decode_event, encode
@@ -150,23 +151,6 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in highest.items()]
 
 
-class DeliveryLedger:
-    """Collects delivery reports of one batch; any error blocks the commit of that batch."""
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self.errors: list[str] = []
-        self.delivered_at: list[float] = []
-
-    def expect(self) -> None:
-        self.pending += 1
-
-    def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
-        self.pending -= 1
-        if error is not None:
-            self.errors.append(str(error))
-
-
 class ServiceRunner:
     def __init__(
         self,
@@ -176,9 +160,11 @@ class ServiceRunner:
         config: RunnerConfig,
         metrics: ServiceMetrics | None = None,
         watch: BrokerWatch | None = None,
+        committer: AtLeastOnce | ExactlyOnce | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
+        self.committer = committer or AtLeastOnce(consumer, producer, config.flush_timeout_s)
         self.scorer = scorer
         self.config = config
         self.metrics = metrics or ServiceMetrics(config.service)
@@ -201,6 +187,7 @@ class ServiceRunner:
                     self.process(records)
                     last_record = time.monotonic()
                 else:
+                    self.committer.tick()
                     self.check_brokers()
                 self.report_lag()
                 if self.bounded_run_over(last_record):
@@ -248,11 +235,14 @@ class ServiceRunner:
         1. decode and validate every record; refused ones become dead letters (never dropped);
         2. score the valid events with one vectorized call; unscoreable rows become dead letters too;
         3. produce predictions (keyed by ride_id) and dead letters;
-        4. flush and verify every delivery report: any failure raises DeliveryError and nothing is committed,
-           so the batch is consumed again after restart;
-        5. commit the offsets of the whole batch, synchronously.
+        4. hand the batch's offsets to the committer (shared/guarantees.py), which makes outputs and offsets
+           durable in its guarantee's order: at-least-once flushes, verifies every delivery report (any
+           failure raises DeliveryError and nothing is committed, so the batch is consumed again after a
+           restart) and commits the offsets synchronously; exactly-once adds the offsets to the open
+           transaction and commits it when due.
         """
         started = time.monotonic()
+        self.committer.begin()
         plan = plan_batch(messages, self.scorer.scored_event_types, self.config.service, self.config.max_payload_bytes)
         result = self.scorer.score(plan.to_score, datetime.now(UTC))
         source_of = {id(event): message for event, message in zip(plan.to_score, plan.sources)}
@@ -261,8 +251,7 @@ class ServiceRunner:
             plan.dead_reasons.append("unscoreable")
         ledger = DeliveryLedger()
         self.produce_outputs(result.predictions, plan.dead_letters, ledger)
-        self.await_delivery(ledger)
-        self.consumer.commit(offsets=next_offsets(messages), asynchronous=False)
+        self.committer.complete(next_offsets(messages), ledger, self.config.service, len(messages))
         self.record(plan, messages, result.predictions, time.monotonic() - started)
 
     def produce_outputs(self, predictions: Sequence[Any], dead_letters: Sequence[DeadLetter], ledger: DeliveryLedger) -> None:
@@ -280,14 +269,6 @@ class ServiceRunner:
                 return
             except BufferError:
                 self.producer.poll(0.05)  # queue full: serve delivery reports, then retry
-
-    def await_delivery(self, ledger: DeliveryLedger) -> None:
-        remaining = self.producer.flush(self.config.flush_timeout_s)
-        if ledger.errors or remaining or ledger.pending:
-            raise DeliveryError(
-                f"{self.config.service}: {len(ledger.errors) or ledger.pending} output records not delivered "
-                f"({ledger.errors[0] if ledger.errors else 'flush timed out'}); offsets not committed"
-            )
 
     def record(self, plan: BatchPlan, messages: Sequence[Message], predictions: Sequence[Any], seconds: float) -> None:
         now_ms = time.time() * 1000
@@ -315,7 +296,14 @@ class ServiceRunner:
             if marks is not None and position.offset >= 0:
                 self.metrics.on_lag(position.topic, position.partition, max(0, marks[1] - position.offset))
 
+    def on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Rebalance hook (subscribe's on_revoke): make in-flight work durable before partitions leave."""
+        log.info("%s: revoked %s", self.config.service, [p.partition for p in partitions])
+        self.committer.on_revoke(partitions)
+
     def close(self) -> None:
-        """Flush what is in flight, then leave the group (close commits nothing: every batch already did)."""
-        self.producer.flush(self.config.flush_timeout_s)
-        self.consumer.close()
+        """Make in-flight work durable (flush, or commit the open transaction), then leave the group."""
+        try:
+            self.committer.close()
+        finally:
+            self.consumer.close()

@@ -7,8 +7,10 @@ prefix, and a scorer; `run_service` does the rest.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +19,7 @@ from schemas.topics import RIDE_EVENTS_TOPIC
 from shared.kafka import ensure_topic, make_consumer, make_producer, wait_for_cluster
 from shared.lifecycle import install_stop_handlers
 from shared.metrics import ServiceMetrics, serve_metrics
+from shared.guarantees import AtLeastOnce, ExactlyOnce, ProcessingGuarantee
 from shared.runner import BrokerWatch, RunnerConfig, RunStats, Scorer, ServiceRunner
 from shared.settings import KafkaSettings
 
@@ -45,6 +48,18 @@ class ServiceSettings(BaseSettings):
     output_partitions: int = Field(default=6, ge=1)
     max_messages: int | None = Field(default=None, ge=1)
     idle_timeout_s: float | None = Field(default=None, gt=0)
+    processing_guarantee: ProcessingGuarantee = "at_least_once"
+    instance_name: str = Field(
+        default_factory=socket.gethostname, min_length=1,
+        description="stable name of this instance: the transactional.id suffix under exactly_once",
+    )
+    transaction_max_messages: int = Field(default=5000, ge=1, description="exactly_once: commit after this many inputs")
+    transaction_interval_s: float = Field(default=0.1, gt=0, le=60, description="exactly_once: or after this long")
+
+    @property
+    def transactional_id(self) -> str:
+        """Stable per instance, so a restarted instance fences its predecessor's unfinished transaction."""
+        return f"{self.group_id}.{self.instance_name}"
 
     def runner_config(self) -> RunnerConfig:
         return RunnerConfig(
@@ -70,13 +85,17 @@ def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer,
     if settings.group_instance_id:
         consumer_overrides["group.instance.id"] = settings.group_instance_id
     consumer = make_consumer(client_config, settings.group_id, consumer_overrides)
-    consumer.subscribe(
-        [settings.input_topic],
-        on_assign=lambda _c, parts: log.info("assigned %s", [p.partition for p in parts]),
-        on_revoke=lambda _c, parts: log.info("revoked %s", [p.partition for p in parts]),
-    )
     # The producer's linger is short: every batch ends in a flush, so linger only adds latency here.
-    producer = make_producer(client_config, {"linger.ms": 1, "error_cb": watch.on_error})
+    producer_overrides: dict[str, Any] = {"linger.ms": 1, "error_cb": watch.on_error}
+    exactly_once = settings.processing_guarantee == "exactly_once"
+    if exactly_once:
+        producer_overrides["transactional.id"] = settings.transactional_id
+    producer = make_producer(client_config, producer_overrides)
+    committer = (
+        ExactlyOnce(consumer, producer, settings.runner_config().flush_timeout_s,
+                    settings.transaction_max_messages, settings.transaction_interval_s)
+        if exactly_once else AtLeastOnce(consumer, producer, settings.runner_config().flush_timeout_s)
+    )
     metrics = ServiceMetrics(settings.service)
     if settings.metrics_port is not None:
         server = serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
@@ -84,7 +103,12 @@ def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer,
     if stop is None:
         stop = threading.Event()
         install_stop_handlers(stop)
-    runner = ServiceRunner(consumer, producer, scorer, settings.runner_config(), metrics, watch)
-    log.info("%s scoring %s → %s with %s %s", settings.service, settings.input_topic, settings.output_topic,
-             scorer.model_name, scorer.model_version)
+    runner = ServiceRunner(consumer, producer, scorer, settings.runner_config(), metrics, watch, committer)
+    consumer.subscribe(
+        [settings.input_topic],
+        on_assign=lambda _c, parts: log.info("assigned %s", [p.partition for p in parts]),
+        on_revoke=runner.on_revoke,
+    )
+    log.info("%s scoring %s → %s with %s %s (%s)", settings.service, settings.input_topic, settings.output_topic,
+             scorer.model_name, scorer.model_version, settings.processing_guarantee)
     return runner.run(stop)

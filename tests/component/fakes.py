@@ -48,14 +48,16 @@ class FakeMessage:
 @dataclass
 class FakeConsumer:
     batches: list[list[FakeMessage]]
-    committed: list[list[TopicPartition]] = field(default_factory=list)
+    commits: list[list[TopicPartition]] = field(default_factory=list)
     closed: bool = False
+    seeks: list[TopicPartition] = field(default_factory=list)
+    group_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
         return self.batches.pop(0) if self.batches else []
 
     def commit(self, message: Any = None, offsets: list[TopicPartition] | None = None, asynchronous: bool = True) -> None:
-        self.committed.append(list(offsets or []))
+        self.commits.append(list(offsets or []))
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition("rides.events", 0)]
@@ -68,6 +70,15 @@ class FakeConsumer:
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
         return None
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
+        return [TopicPartition(p.topic, p.partition, self.group_offsets.get((p.topic, p.partition), -1001)) for p in partitions]
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.seeks.append(partition)
+
+    def consumer_group_metadata(self) -> str:
+        return "group-metadata"
 
     def close(self) -> None:
         self.closed = True
@@ -137,3 +148,63 @@ class EchoScorer:
                 produced_at=produced_at, predicted_tip_usd=1.0,
             ))
         return ScoreResult(predictions, failures)
+
+
+@dataclass
+class FakeTransactionalProducer(FakeProducer):
+    """A transactional producer: records become `produced` (visible) only when their transaction commits.
+
+    `abort_on_commit` makes the next commit fail with an abortable error, as a broker would after a
+    coordinator change or a transaction timeout.
+    """
+
+    consumer: FakeConsumer | None = None
+    abort_on_commit: bool = False
+    in_transaction: bool = False
+    transactions: list[str] = field(default_factory=list)
+    _uncommitted: list[Produced] = field(default_factory=list)
+    _offsets: list[TopicPartition] = field(default_factory=list)
+
+    def init_transactions(self, timeout: float = -1) -> None:
+        self.transactions.append("init")
+
+    def begin_transaction(self) -> None:
+        assert not self.in_transaction, "begin inside an open transaction"
+        self.in_transaction = True
+        self.transactions.append("begin")
+
+    def flush(self, timeout: float = -1) -> int:
+        visible = list(self.produced)
+        super().flush(timeout)
+        self._uncommitted.extend(self.produced[len(visible):])
+        self.produced = visible
+        return 0
+
+    def send_offsets_to_transaction(self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1) -> None:
+        assert self.in_transaction and group_metadata == "group-metadata"
+        self._offsets = list(positions)
+
+    def commit_transaction(self, timeout: float = -1) -> None:
+        from shared.kafka import KafkaException
+
+        assert self.in_transaction
+        if self.abort_on_commit:
+            self.abort_on_commit = False
+            raise KafkaException(KafkaError(KafkaError._FENCED, "abortable in test", txn_requires_abort=True))
+        self.flush()
+        self.produced.extend(self._uncommitted)
+        if self.consumer is not None:
+            self.consumer.commits.append(list(self._offsets))
+            for tp in self._offsets:
+                self.consumer.group_offsets[(tp.topic, tp.partition)] = tp.offset
+        self._reset("commit")
+
+    def abort_transaction(self, timeout: float = -1) -> None:
+        self._reset("abort")
+
+    def _reset(self, outcome: str) -> None:
+        self.transactions.append(outcome)
+        self.in_transaction = False
+        self._uncommitted.clear()
+        self._pending.clear()
+        self._offsets = []

@@ -43,7 +43,7 @@ def test_valid_events_are_scored_in_one_call_and_bad_ones_dead_lettered_in_the_s
     assert {dict(d.headers)["ridestream.reason"] for d in dead} == {b"undecodable", b"unscoreable"}
     assert dead[0].value == b"\x00garbage" and dict(dead[0].headers)["ridestream.source.offset"] == b"1"
     assert runner.stats.ignored == 1  # ride_completed is not scored by tip, and not dead-lettered
-    assert [(tp.partition, tp.offset) for tp in consumer.committed[0]] == [(0, 5)]
+    assert [(tp.partition, tp.offset) for tp in consumer.commits[0]] == [(0, 5)]
     assert consumer.closed
 
 
@@ -51,14 +51,14 @@ def test_commits_one_past_the_highest_offset_of_each_partition() -> None:
     batch = [message(encode(ride_started("a")), 7, 0), message(encode(ride_started("b")), 3, 1), message(encode(ride_started("c")), 8, 0)]
     consumer = FakeConsumer([batch])
     run(consumer, FakeProducer())
-    assert sorted((tp.partition, tp.offset) for tp in consumer.committed[0]) == [(0, 9), (1, 4)]
+    assert sorted((tp.partition, tp.offset) for tp in consumer.commits[0]) == [(0, 9), (1, 4)]
 
 
 def test_a_failed_delivery_stops_the_commit() -> None:
     consumer = FakeConsumer([[message(encode(ride_started("a")), 0)]])
     with pytest.raises(DeliveryError, match="not committed"):
         run(consumer, FakeProducer(fail_topic="predictions.tip"))
-    assert consumer.committed == []
+    assert consumer.commits == []
     assert consumer.closed
 
 
@@ -66,7 +66,7 @@ def test_a_failed_dead_letter_delivery_also_stops_the_commit() -> None:
     consumer = FakeConsumer([[message(b"not json", 0)]])
     with pytest.raises(DeliveryError):
         run(consumer, FakeProducer(fail_topic="dlq.tip"))
-    assert consumer.committed == []
+    assert consumer.commits == []
 
 
 def test_oversized_records_are_dead_lettered_without_decoding() -> None:

@@ -1,0 +1,229 @@
+"""Processing guarantees: how a batch's outputs and its input offsets become durable together.
+
+    at_least_once   produce → flush → verify every delivery report → commit offsets (consumer group).
+                    A crash between the flush and the commit replays the batch: duplicates, never loss.
+    exactly_once    produce inside a transaction, add the input offsets to the same transaction
+                    (send_offsets_to_transaction with the consumer's group metadata, KIP-447), commit it.
+                    Outputs, dead letters and offsets become visible to read_committed readers together
+                    or not at all. A restarted instance reuses its transactional.id and fences its zombie.
+
+The runner calls `begin()` before producing a batch and `complete(offsets, ledger)` after; both strategies
+raise DeliveryError (retry after restart) or KafkaException (fatal) and never commit past an undelivered
+record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol
+
+from shared.errors import DeliveryError
+from shared.kafka import KafkaError, KafkaException, Message, TopicPartition
+
+log = logging.getLogger(__name__)
+
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+
+# Retries of a transaction commit that failed with a retriable error (e.g. a coordinator moving) before
+# the batch is treated as failed and rewound.
+COMMIT_RETRIES = 5
+
+
+class DeliveryLedger:
+    """Collects the delivery reports of the records produced since the last commit; any error blocks it."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.errors: list[str] = []
+
+    def expect(self) -> None:
+        self.pending += 1
+
+    def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        self.pending -= 1
+        if error is not None:
+            self.errors.append(str(error))
+
+    def first_problem(self) -> str | None:
+        if self.errors:
+            return f"{len(self.errors)} output records not delivered ({self.errors[0]})"
+        if self.pending:
+            return f"{self.pending} output records unacknowledged (flush timed out)"
+        return None
+
+
+class GroupConsumer(Protocol):
+    def commit(self, message: Message | None = ..., offsets: list[TopicPartition] | None = ..., asynchronous: bool = ...) -> Any: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def committed(self, partitions: list[TopicPartition], timeout: float = ...) -> list[TopicPartition]: ...
+    def seek(self, partition: TopicPartition) -> None: ...
+    def consumer_group_metadata(self) -> Any: ...
+
+
+class TransactionalProducer(Protocol):
+    def flush(self, timeout: float = ...) -> int: ...
+    def poll(self, timeout: float = ...) -> int: ...
+    def init_transactions(self, timeout: float = ...) -> None: ...
+    def begin_transaction(self) -> None: ...
+    def send_offsets_to_transaction(self, positions: list[TopicPartition], group_metadata: Any, timeout: float = ...) -> None: ...
+    def commit_transaction(self, timeout: float = ...) -> None: ...
+    def abort_transaction(self, timeout: float = ...) -> None: ...
+
+
+def merge_offsets(current: dict[tuple[str, int], int], offsets: Sequence[TopicPartition]) -> None:
+    """Fold `offsets` (next offsets to consume) into `current`, keeping the highest per partition."""
+    for tp in offsets:
+        key = (tp.topic, tp.partition)
+        current[key] = max(current.get(key, -1), tp.offset)
+
+
+class AtLeastOnce:
+    """Commit the consumer group's offsets once every output of the batch is acknowledged."""
+
+    guarantee: ProcessingGuarantee = "at_least_once"
+
+    def __init__(self, consumer: GroupConsumer, producer: Any, flush_timeout_s: float) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.flush_timeout_s = flush_timeout_s
+
+    def begin(self) -> None:
+        """Nothing to open: at-least-once batches are independent."""
+
+    def complete(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, service: str, records: int) -> bool:
+        """Flush → verify delivery → commit, in that order. Returns True (the batch is durable)."""
+        self.producer.flush(self.flush_timeout_s)
+        problem = ledger.first_problem()
+        if problem is not None:
+            raise DeliveryError(f"{service}: {problem}; offsets not committed")
+        self.consumer.commit(offsets=list(offsets), asynchronous=False)
+        return True
+
+    def tick(self) -> None:
+        """Nothing is ever left open between batches."""
+
+    def on_revoke(self, _partitions: Sequence[TopicPartition]) -> None:
+        """Each batch commits before the next consume, so nothing is in flight when partitions go."""
+
+    def close(self) -> None:
+        self.producer.flush(self.flush_timeout_s)
+
+
+class ExactlyOnce:
+    """Outputs and input offsets in one Kafka transaction, committed every `max_messages` records or
+    `max_interval_s` seconds, whichever comes first (longer transactions amortise the commit round trips;
+    shorter ones keep read_committed latency low)."""
+
+    guarantee: ProcessingGuarantee = "exactly_once"
+
+    def __init__(
+        self,
+        consumer: GroupConsumer,
+        producer: TransactionalProducer,
+        flush_timeout_s: float,
+        max_messages: int = 5000,
+        max_interval_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.flush_timeout_s = flush_timeout_s
+        self.max_messages = max_messages
+        self.max_interval_s = max_interval_s
+        self.clock = clock
+        self.open_since: float | None = None
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.messages = 0
+        self.ledgers: list[DeliveryLedger] = []
+        self.service = ""
+        # Fences any earlier instance with the same transactional.id and aborts its open transaction.
+        self.producer.init_transactions(flush_timeout_s)
+
+    def begin(self) -> None:
+        if self.open_since is None:
+            self.producer.begin_transaction()
+            self.open_since = self.clock()
+
+    def complete(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, service: str, records: int) -> bool:
+        """Add the batch to the open transaction; commit it when it is due. True when committed."""
+        self.service = service
+        merge_offsets(self.offsets, offsets)
+        self.ledgers.append(ledger)
+        self.messages += records
+        due = self.messages >= self.max_messages or self.clock() - (self.open_since or 0.0) >= self.max_interval_s
+        if due:
+            self.commit()
+        return due
+
+    def commit(self) -> None:
+        """flush → verify delivery → send_offsets_to_transaction → commit_transaction.
+
+        The flush comes first because delivery callbacks run only while the client is polled. An undelivered
+        record aborts the transaction and raises DeliveryError (nothing of it is visible, the offsets stay
+        where they were). An abortable broker error aborts and rewinds the consumer to the committed offsets,
+        so the batches are processed again in a new transaction; a fatal one (fenced: a newer instance has
+        our transactional.id) propagates and ends the process.
+        """
+        if self.open_since is None:
+            return
+        self.producer.flush(self.flush_timeout_s)
+        problem = next((p for p in (ledger.first_problem() for ledger in self.ledgers) if p), None)
+        if problem is not None:
+            self.abort_and_rewind()
+            raise DeliveryError(f"{self.service}: {problem}; transaction aborted")
+        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.offsets.items()]
+        try:
+            if positions:
+                self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), self.flush_timeout_s)
+            self.commit_with_retries()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal() or not error.txn_requires_abort():
+                raise
+            log.warning("%s: transaction aborted (%s); rewinding to committed offsets", self.service, error)
+            self.abort_and_rewind()
+            return
+        self.reset()
+
+    def commit_with_retries(self) -> None:
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                self.producer.commit_transaction(self.flush_timeout_s)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not error.retriable() or attempt == COMMIT_RETRIES - 1:
+                    raise
+                log.info("%s: retrying transaction commit (%s)", self.service, error)
+
+    def tick(self) -> None:
+        """Between batches: commit an open transaction whose interval has run out (a quiet input must not
+        hold finished predictions invisible to read_committed readers)."""
+        if self.open_since is not None and self.clock() - self.open_since >= self.max_interval_s:
+            self.commit()
+
+    def abort_and_rewind(self) -> None:
+        self.producer.abort_transaction(self.flush_timeout_s)
+        self.reset()
+        assigned = self.consumer.assignment()
+        for tp in self.consumer.committed(assigned, self.flush_timeout_s) if assigned else []:
+            # No committed offset yet (-1001): the group's reset policy (earliest) applies on re-fetch.
+            if tp.offset >= 0:
+                self.consumer.seek(tp)
+
+    def reset(self) -> None:
+        self.open_since = None
+        self.offsets.clear()
+        self.messages = 0
+        self.ledgers.clear()
+
+    def on_revoke(self, _partitions: Sequence[TopicPartition]) -> None:
+        """Partitions are leaving this instance: commit what was processed from them before they go, so
+        the next owner starts exactly after it (KIP-447 lets it read them as soon as we commit)."""
+        self.commit()
+
+    def close(self) -> None:
+        """Commit the open transaction on a clean stop (SIGTERM finishes the work it has done)."""
+        self.commit()
