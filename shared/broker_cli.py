@@ -1,0 +1,107 @@
+"""`ridestream broker up | status | down | fetch`: a local Apache Kafka broker that outlives the command.
+
+`up` prints only the bootstrap address on stdout, so scripts can do `export KAFKA_BOOTSTRAP_SERVERS=$(ridestream
+broker up)`; everything meant for a person goes to stderr. Failures are BrokerError lines (see shared/cli.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.broker import (
+    KAFKA_VERSION,
+    LocalKafka,
+    clear_state,
+    ensure_kafka_jars,
+    find_java,
+    load_state,
+    running_broker,
+    state_path,
+    write_state,
+)
+from shared.errors import BrokerError
+
+broker_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _describe(kafka: LocalKafka) -> str:
+    alive, total = len(kafka.pids()), kafka.node_count
+    nodes = f"{total} node{'s' if total > 1 else ''}" if alive == total else f"{alive} of {total} nodes alive"
+    return f"{kafka.bootstrap_servers} ({nodes}, data in {kafka.data_dir})"
+
+
+@broker_app.command()
+def up(
+    nodes: Annotated[int, typer.Option(min=1, max=5, help="combined broker+controller nodes (3 for fault tests)")] = 1,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="where the nodes keep their data "
+                                                  "(default: a new temporary directory)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the cluster to be ready")] = 120.0,
+) -> None:
+    """Start a local Kafka cluster in the background and print its bootstrap address."""
+    running = running_broker()
+    if running is not None:
+        if running.node_count != nodes:
+            raise BrokerError(f"a {running.node_count}-node broker is already running at {running.bootstrap_servers}; "
+                              "stop it first with `ridestream broker down`")
+        _note(f"already running: {_describe(running)}")
+        print(running.bootstrap_servers)
+        return
+    stale = load_state()
+    if stale is not None:  # its JVMs died (reboot, kill): forget it, and its data unless we are reusing it
+        reusing = data_dir is not None and data_dir.resolve() == stale.data_dir
+        stale.stop(keep_data=stale.keep_data or reusing)
+        clear_state()
+    find_java()  # the usual problems first, before announcing a start
+    ensure_kafka_jars(progress=_note)
+    _note(f"starting a {nodes}-node Apache Kafka {KAFKA_VERSION} cluster (KRaft)...")
+    started = time.monotonic()
+    kafka = LocalKafka.start(nodes=nodes, data_dir=data_dir, detach=True, timeout_s=timeout, progress=_note)
+    try:
+        write_state(kafka)
+    except OSError as exc:
+        kafka.stop()
+        raise BrokerError(f"cannot record the broker in {state_path()}: {exc}") from None
+    _note(f"ready in {time.monotonic() - started:.1f}s: {_describe(kafka)}; stop it with `ridestream broker down`")
+    print(kafka.bootstrap_servers)
+
+
+@broker_app.command()
+def status() -> None:
+    """Say whether the broker started by `broker up` is running (exit 0) or not (exit 1)."""
+    kafka = running_broker()
+    if kafka is None:
+        print("not running")
+        raise typer.Exit(1)
+    print(f"running: {_describe(kafka)}")
+
+
+@broker_app.command()
+def down(
+    keep_data: Annotated[bool, typer.Option("--keep-data", help="keep the data directory for a later `up --data-dir`")]
+    = False,
+) -> None:
+    """Stop the broker started by `broker up` and remove its data (unless --keep-data)."""
+    kafka = load_state()
+    if kafka is None:
+        print("no local broker is running")
+        return
+    kafka.stop(keep_data=keep_data)
+    clear_state()
+    print(f"stopped; data kept in {kafka.data_dir}" if keep_data else "stopped")
+
+
+@broker_app.command()
+def fetch() -> None:
+    """Download the Kafka broker jars from Maven Central into the cache (once; later runs reuse them)."""
+    find_java()  # also when cached: `make broker-jars` is where a missing or old JDK should surface
+    libs = ensure_kafka_jars(progress=_note)
+    _note(f"Apache Kafka {KAFKA_VERSION} jars: {libs}")
