@@ -50,7 +50,8 @@ class FleetView:
     events: Counter[str] = field(default_factory=Counter)
     event_ts: OrderedDict[str, int] = field(default_factory=OrderedDict)
     start_predictions: OrderedDict[str, dict[str, float]] = field(default_factory=OrderedDict)
-    recent: deque[tuple[str, ...]] = field(default_factory=lambda: deque(maxlen=8))
+    actuals: OrderedDict[str, tuple[float, float, float]] = field(default_factory=OrderedDict)
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=8))
 
     def on_event(self, value: dict[str, Any], timestamp_ms: int) -> None:
         self.events[value.get("event_type", "?")] += 1
@@ -73,18 +74,24 @@ class FleetView:
                 self.start_predictions.popitem(last=False)
 
     def on_completed(self, value: dict[str, Any]) -> None:
-        predicted = self.start_predictions.pop(value["ride_id"], None)
-        if not predicted:
-            return
-        def pair(service: str, actual: float, unit: str) -> str:
-            guess = predicted.get(service)
-            return f"{guess:.1f} / {actual:.1f}{unit}" if guess is not None else f"— / {actual:.1f}{unit}"
-        self.recent.appendleft((
-            value["ride_id"],
-            pair("duration", value["duration_minutes"], " min"),
-            pair("tip", value["tip_amount_usd"], " $"),
-            pair("cost", value["total_amount_usd"], " $"),
-        ))
+        """Remember what actually happened; the row shows the start predictions whenever they arrive (a fast
+        replay can deliver a ride's completion before the services have scored its start)."""
+        self.actuals[value["ride_id"]] = (value["duration_minutes"], value["tip_amount_usd"], value["total_amount_usd"])
+        if len(self.actuals) > MAX_TRACKED:
+            self.actuals.popitem(last=False)
+        self.recent.appendleft(value["ride_id"])
+
+    def recent_rows(self) -> list[tuple[str, ...]]:
+        rows = []
+        for ride_id in self.recent:
+            predicted = self.start_predictions.get(ride_id, {})
+            actual = dict(zip(("duration", "tip", "cost"), self.actuals.get(ride_id, (None, None, None))))
+            cells = []
+            for service, unit in (("duration", " min"), ("tip", " $"), ("cost", " $")):
+                guess, real = predicted.get(service), actual[service]
+                cells.append(f"{'—' if guess is None else f'{guess:.1f}'} / {'—' if real is None else f'{real:.1f}'}{unit}")
+            rows.append((ride_id, *cells))
+        return rows
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -103,7 +110,7 @@ class FleetView:
         rides = Table(title="recent completed rides: predicted at start / actual", expand=False)
         for column in ("ride", "duration", "tip", "total cost"):
             rides.add_column(column)
-        for row in self.recent:
+        for row in self.recent_rows():
             rides.add_row(*row)
         return Group(services, f"events seen: {events}", rides)
 
