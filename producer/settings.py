@@ -22,7 +22,7 @@ class ProducerSettings(BaseSettings):
     speedup: float | None = Field(default=None, gt=0, description="event-time replay, this many times real time")
     topic: str = RIDE_EVENTS_TOPIC
     partitions: int = Field(default=6, ge=1, le=1000, description="partitions when the topic is created")
-    replication_factor: int = Field(default=1, ge=1)
+    replication_factor: int = Field(default=-1, ge=-1, description="when the topic is created; -1: the cluster default")
     progress_interval_s: float = Field(default=60.0, gt=0, description="ride time between progress events")
     seed: int = 42
 

@@ -171,6 +171,12 @@ class Guarantee(str, enum.Enum):
     exactly_once = "exactly_once"
 
 
+class Engine(str, enum.Enum):
+    confluent = "confluent"
+    faust = "faust"
+    faust_batched = "faust-batched"
+
+
 class Service(str, enum.Enum):
     duration = "duration"
     tip = "tip"
@@ -192,6 +198,8 @@ def consume(
         help="at_least_once (default) or exactly_once (transactions; read outputs with read_committed)")] = None,
     instance_name: Annotated[str | None, typer.Option(
         help="stable instance name; names the transactional.id under exactly_once (default: host name)")] = None,
+    engine: Annotated[Engine, typer.Option(
+        help="confluent (default) or Faust agents per event / batched (docs/faust.md)")] = "confluent",  # type: ignore[assignment]
 ) -> None:
     """Run one scoring service: consume ride events, publish predictions, dead-letter bad input."""
     from shared.settings import KafkaSettings
@@ -201,8 +209,16 @@ def consume(
              "processing_guarantee": processing_guarantee.value if processing_guarantee else None,
              "instance_name": instance_name}
     kafka = KafkaSettings(**({"bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}))
-    module = importlib.import_module(f"consumers.{service.value}.__main__")
-    stats = module.serve({k: v for k, v in flags.items() if v is not None}, kafka)
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if engine == Engine.confluent:
+        stats = importlib.import_module(f"consumers.{service.value}.__main__").serve(overrides, kafka)
+    else:
+        try:
+            from shared.faust_engine import serve_with_faust
+        except ImportError as exc:
+            raise RidestreamError(f"--engine {engine.value} needs faust: pip install 'ridestream[faust]' ({exc})") from None
+
+        stats = serve_with_faust(service.value, overrides, kafka, batched=engine == Engine.faust_batched)
     logging.getLogger("ridestream").info("stopped: %s", stats)
 
 

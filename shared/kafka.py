@@ -96,11 +96,15 @@ def ensure_topic(
     client_config: Mapping[str, str],
     topic: str,
     partitions: int,
-    replication_factor: int = 1,
+    replication_factor: int = -1,
     config: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
 ) -> bool:
-    """Create `topic` when missing. Returns True when this call created it."""
+    """Create `topic` when missing. Returns True when this call created it.
+
+    replication_factor -1 takes the cluster's default.replication.factor, so the same code creates RF 1 topics
+    on a laptop broker and RF 3 (with its min.insync.replicas) on a production cluster.
+    """
     admin = _admin(client_config)
     if topic in admin.list_topics(timeout=timeout_s).topics:
         return False

@@ -1,0 +1,353 @@
+"""Consumer benchmark: every contender against the raw client's ceiling, in one invocation.
+
+    python -m bench.consumers [--events 300000] [--rates 1000,5000,20000] [--contenders a,b,...]
+                              [--bootstrap-servers B] [--out results/bench.json]
+
+Each contender is a separate OS process scoring the same ride events from the same local broker:
+  passthrough       raw confluent-kafka consume → produce the same bytes → commit (no decoding, no model)
+  ridestream-alo    the duration service (python -m consumers.duration), at-least-once
+  ridestream-eos    the same with processing_guarantee=exactly_once (outputs read with read_committed)
+  faust, faust-batched   the same scorer on Faust agents (per event / stream.take), when faust is installed
+
+Measured per contender: sustained events/s draining a backlog (first to last output timestamp), p50/p95/p99
+event→output latency at fixed offered rates (broker CreateTime of the input record to that of its output,
+one clock), CPU seconds per 1k events and peak RSS. Ratios to the passthrough are computed from the same
+run, since a 2-core machine's absolute numbers drift from run to run. Writes JSON, a markdown table and a
+PNG plot; README's performance section is generated from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from producer.publisher import publish_rides
+from producer.source import Pacer, ride_events
+from shared.kafka import ensure_topic, make_consumer, make_producer
+from shared.serde import encode
+from shared.synthetic import synthesize_trips
+
+REPO = Path(__file__).resolve().parents[1]
+PROGRESS_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    command: Callable[[str, str, str, str, Path], tuple[list[str], dict[str, str]]]
+    isolation: str = "read_uncommitted"
+
+
+def ridestream_command(guarantee: str, engine: str | None = None) -> Callable[..., tuple[list[str], dict[str, str]]]:
+    def command(bootstrap: str, source: str, target: str, group: str, models: Path) -> tuple[list[str], dict[str, str]]:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DURATION_INPUT_TOPIC": source, "DURATION_OUTPUT_TOPIC": target,
+            "DURATION_DLQ_TOPIC": target + ".dlq", "DURATION_GROUP_ID": group, "DURATION_MODELS_DIR": str(models),
+            "DURATION_PROCESSING_GUARANTEE": guarantee, "DURATION_INSTANCE_NAME": "bench",
+            "DURATION_BATCH_SIZE": "1000",
+        }
+        if engine is None:
+            return [sys.executable, "-m", "consumers.duration"], env
+        return [sys.executable, "-m", "shared.cli", "consume", "duration", "--engine", engine], env
+    return command
+
+
+def passthrough_command(bootstrap: str, source: str, target: str, group: str, _models: Path) -> tuple[list[str], dict[str, str]]:
+    return [sys.executable, "-m", "bench.passthrough", "--bootstrap-servers", bootstrap, "--input", source,
+            "--output", target, "--group", group, "--batch-size", "1000"], {}
+
+
+def faust_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("faust") is not None and importlib.util.find_spec("shared.faust_engine") is not None
+
+
+def all_contenders() -> dict[str, Contender]:
+    contenders = {
+        "passthrough": Contender("passthrough", passthrough_command),
+        "ridestream-alo": Contender("ridestream-alo", ridestream_command("at_least_once")),
+        "ridestream-eos": Contender("ridestream-eos", ridestream_command("exactly_once"), "read_committed"),
+    }
+    if faust_available():
+        contenders["faust"] = Contender("faust", ridestream_command("at_least_once", "faust"))
+        contenders["faust-batched"] = Contender("faust-batched", ridestream_command("at_least_once", "faust-batched"))
+    return contenders
+
+
+@dataclass
+class Sampler:
+    """Samples a process's RSS and CPU time in the background."""
+
+    process: psutil.Process
+    peak_rss: int = 0
+    cpu_s: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Sampler:
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+                times = self.process.cpu_times()
+                self.cpu_s = times.user + times.system
+            except psutil.Error:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def encoded_events(rides: int, seed: int) -> list[tuple[bytes, bytes]]:
+    trips = synthesize_trips(rides, seed=seed).trips
+    return [(event.ride_id.encode(), encode(event)) for event in ride_events(trips, PROGRESS_INTERVAL_S, seed)]
+
+
+def fill_topic(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float | None = None) -> None:
+    producer = make_producer({"bootstrap.servers": bootstrap})
+    pacer = Pacer("rate", rate=rate) if rate else None
+    started = time.monotonic()
+    for index, (key, value) in enumerate(events):
+        if pacer is not None:
+            wait = index / rate - (time.monotonic() - started)  # type: ignore[operator]
+            if wait > 0:
+                producer.poll(wait)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if index % 1000 == 0:
+            producer.poll(0)
+    producer.flush(120)
+
+
+def output_timestamps(bootstrap: str, topic: str, expected: int, isolation: str, timeout_s: float,
+                      alive: Callable[[], bool]) -> list[tuple[int, bytes]]:
+    """(CreateTime ms, value) of `expected` output records, read as a downstream client would."""
+    consumer = make_consumer({"bootstrap.servers": bootstrap}, f"bench-reader-{uuid.uuid4().hex[:8]}",
+                             {"isolation.level": isolation})
+    consumer.subscribe([topic])
+    records: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline and alive():
+            for message in consumer.consume(10_000, 0.5):
+                if message.error() is None:
+                    records.append((message.timestamp()[1], message.value() or b""))
+    finally:
+        consumer.close()
+    return records
+
+
+def start_contender(contender: Contender, bootstrap: str, source: str, target: str, models: Path, log: Path) -> subprocess.Popen[bytes]:
+    argv, env = contender.command(bootstrap, source, target, f"bench-{uuid.uuid4().hex[:8]}", models)
+    with log.open("ab") as sink:
+        return subprocess.Popen(argv, env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
+                                start_new_session=True)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def expected_outputs(contender: str, events: list[tuple[bytes, bytes]]) -> int:
+    """The duration service scores ride_started and ride_progress; the passthrough copies everything."""
+    if contender == "passthrough":
+        return len(events)
+    return sum(1 for _key, value in events if b'"ride_completed"' not in value)
+
+
+def measure_throughput(contender: Contender, bootstrap: str, backlog: str, events: list[tuple[bytes, bytes]],
+                       models: Path, log_dir: Path) -> dict[str, Any]:
+    target = f"bench-out-{uuid.uuid4().hex[:8]}"
+    ensure_topic({"bootstrap.servers": bootstrap}, target, 6)
+    process = start_contender(contender, bootstrap, backlog, target, models, log_dir / f"{contender.name}.log")
+    sampler = Sampler(psutil.Process(process.pid)).start()
+    expected = expected_outputs(contender.name, events)
+    try:
+        records = output_timestamps(bootstrap, target, expected, contender.isolation, 600, lambda: process.poll() is None)
+    finally:
+        sampler.stop()
+        stop(process)
+    if len(records) < expected:
+        raise RuntimeError(f"{contender.name}: {len(records)} of {expected} outputs (see {log_dir / contender.name}.log)")
+    stamps = sorted(ts for ts, _ in records)
+    seconds = max(1e-3, (stamps[-1] - stamps[0]) / 1000)
+    return {
+        "events_per_s": round(len(events) / seconds),
+        "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
+        "cpu_s_per_1k_events": round(sampler.cpu_s / len(events) * 1000, 4),
+    }
+
+
+def source_ids(value: bytes) -> str:
+    document = json.loads(value)
+    return str(document.get("source_event_id") or document.get("event_id"))
+
+
+def measure_latency(contender: Contender, bootstrap: str, rate: float, seconds: float, models: Path,
+                    log_dir: Path, seed: int) -> dict[str, float]:
+    config = {"bootstrap.servers": bootstrap}
+    source, target = f"bench-lat-in-{uuid.uuid4().hex[:8]}", f"bench-lat-out-{uuid.uuid4().hex[:8]}"
+    ensure_topic(config, source, 6)
+    ensure_topic(config, target, 6)
+    process = start_contender(contender, bootstrap, source, target, models, log_dir / f"{contender.name}-lat.log")
+    try:
+        warmup = encoded_events(20, seed + 1000)
+        fill_topic(bootstrap, source, warmup)  # readiness: the contender has answered real input
+        alive = lambda: process.poll() is None  # noqa: E731
+        output_timestamps(bootstrap, target, expected_outputs(contender.name, warmup), contender.isolation, 120, alive)
+        events = encoded_events(max(50, int(rate * seconds / 16)), seed)[: int(rate * seconds)]
+        input_times: dict[str, int] = {}
+        fill_topic(bootstrap, source, events, rate)
+        for ts, value in output_timestamps(bootstrap, source, len(warmup) + len(events), "read_uncommitted", 120, lambda: True):
+            input_times[source_ids(value)] = ts
+        outputs = output_timestamps(bootstrap, target, expected_outputs(contender.name, warmup + events),
+                                    contender.isolation, 120, alive)
+    finally:
+        stop(process)
+    measured = {source_ids(value) for _key, value in events}
+    latencies = sorted(ts - input_times[sid] for ts, value in outputs if (sid := source_ids(value)) in measured)
+    def pct(q: float) -> float:
+        return float(latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else float("nan")
+    return {"offered_per_s": rate, "samples": len(latencies), "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
+def ratios(contenders: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    rate = {name: float(c["events_per_s"]) for name, c in contenders.items()}
+    out: dict[str, float] = {}
+    for name in rate:
+        if name != "passthrough" and "passthrough" in rate:
+            out[f"{name}/passthrough"] = round(rate[name] / rate["passthrough"], 3)
+    for ours in ("ridestream-alo", "ridestream-eos"):
+        for peer in ("faust", "faust-batched", "quix"):
+            if ours in rate and peer in rate:
+                out[f"{ours}/{peer}"] = round(rate[ours] / rate[peer], 2)
+    return out
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    rates = result["rates"]
+    head = "| contender | events/s | " + " | ".join(f"p99 ms @ {int(r):,}/s" for r in rates) + " | peak RSS MB | CPU s / 1k ev |"
+    lines = [head, "|---" * (4 + len(rates)) + "|"]
+    for name, c in result["contenders"].items():
+        p99 = " | ".join(f"{c['p99_ms'].get(str(int(r)), float('nan')):.0f}" for r in rates)
+        lines.append(f"| {name} | {c['events_per_s']:,} | {p99} | {c['peak_rss_mb']} | {c['cpu_s_per_1k_events']} |")
+    lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in result["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: Mapping[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = list(result["contenders"])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.bar(names, [result["contenders"][n]["events_per_s"] for n in names])
+    left.set_title("sustained events/s (backlog)")
+    left.tick_params(axis="x", rotation=30)
+    for name in names:
+        p99 = result["contenders"][name]["p99_ms"]
+        right.plot([int(r) for r in p99], list(p99.values()), marker="o", label=name)
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("offered events/s")
+    right.set_ylabel("p99 event→output ms")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def train_bench_models(models: Path) -> None:
+    from consumers.training import models_present, train_models
+
+    if not models_present(models):
+        train_models(synthesize_trips(20_000, seed=1).trips, models)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=300_000, help="backlog size for the throughput runs")
+    parser.add_argument("--rates", default="1000,5000,20000")
+    parser.add_argument("--latency-seconds", type=float, default=8.0)
+    parser.add_argument("--contenders", help="comma-separated subset (default: all available)")
+    parser.add_argument("--bootstrap-servers")
+    parser.add_argument("--models", type=Path, help="model dir (default: train into a temp dir)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    args = parser.parse_args()
+    available = all_contenders()
+    chosen = [available[n] for n in args.contenders.split(",")] if args.contenders else list(available.values())
+    rates = [float(r) for r in args.rates.split(",") if r]
+
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ridestream-bench-")))
+        bootstrap = args.bootstrap_servers
+        if bootstrap is None:
+            from shared.broker import LocalKafka
+
+            bootstrap = stack.enter_context(LocalKafka.start(nodes=1)).bootstrap_servers
+        models = args.models or work / "models"
+        train_bench_models(models)
+        events = encoded_events(max(1, args.events // 17), seed=7)[: args.events]
+        backlog = f"bench-backlog-{uuid.uuid4().hex[:8]}"
+        ensure_topic({"bootstrap.servers": bootstrap}, backlog, 6)
+        fill_topic(bootstrap, backlog, events)
+        print(f"backlog: {len(events):,} events in {backlog}")
+        results: dict[str, dict[str, Any]] = {}
+        for contender in chosen:
+            results[contender.name] = measure_throughput(contender, bootstrap, backlog, events, models, work)
+            results[contender.name]["latency"] = {}
+            results[contender.name]["p99_ms"] = {}
+            for rate in rates:
+                latency = measure_latency(contender, bootstrap, rate, args.latency_seconds, models, work, seed=11)
+                results[contender.name]["latency"][str(int(rate))] = latency
+                results[contender.name]["p99_ms"][str(int(rate))] = latency["p99_ms"]
+            print(f"{contender.name}: {json.dumps(results[contender.name])}", flush=True)
+    result = {
+        "benchmark": "consumer fleet: duration scoring of synthetic ride events, one process per contender",
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "events": len(events),
+        "rates": rates,
+        "contenders": results,
+        "ratios": ratios(results),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    plot(result, args.out.with_suffix(".png"))
+    print(markdown(result))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

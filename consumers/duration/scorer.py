@@ -1,0 +1,84 @@
+"""The duration service's pure scoring step.
+
+    ride_started  → model "duration":         the whole trip's minutes, estimated at pickup
+    ride_progress → model "dynamic_duration": minutes left from this event; total = elapsed + left
+
+Predictions come out in the order of the events, so a ride's start estimate never follows its updates on
+the output topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from consumers.features import (
+    PROGRESS_FEATURES,
+    START_FEATURES,
+    progress_columns_from_events,
+    progress_features,
+    start_columns_from_events,
+    start_features,
+)
+from consumers.scoring import Event, Predictor, ScoreResult, not_scored_failures, predict_rows, record_outcome
+from schemas.events import RideProgress, RideStarted
+from schemas.predictions import DurationPrediction
+from shared.models import load_model
+
+START_MODEL = "duration"
+PROGRESS_MODEL = "dynamic_duration"
+
+
+class TripDurationScorer:
+    scored_event_types: frozenset[str] = frozenset({"ride_started", "ride_progress"})
+
+    def __init__(self, start_model: Predictor, start_version: str, progress_model: Predictor, progress_version: str) -> None:
+        self.start_model = start_model
+        self.start_version = start_version
+        self.progress_model = progress_model
+        self.progress_version = progress_version
+        # One label for the service's metrics; each prediction carries the model that made it.
+        self.model_name = f"{START_MODEL}+{PROGRESS_MODEL}"
+        self.model_version = f"{start_version}+{progress_version}"
+
+    def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
+        result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
+        started = [e for e in events if isinstance(e, RideStarted)]
+        progress = [e for e in events if isinstance(e, RideProgress)]
+        # np.maximum keeps NaN, so a broken row is still reported rather than clipped to 0.
+        totals = np.maximum(predict_rows(self.start_model, start_features(start_columns_from_events(started))), 0.0)
+        left = np.maximum(predict_rows(self.progress_model, progress_features(progress_columns_from_events(progress))), 0.0)
+
+        def start_prediction(event: Event, minutes: float) -> DurationPrediction:
+            return DurationPrediction(
+                ride_id=event.ride_id, source_event_id=event.event_id, source_event_type="ride_started",
+                source_event_time=event.event_time, model_name=START_MODEL, model_version=self.start_version,
+                produced_at=produced_at, predicted_duration_minutes=minutes, predicted_remaining_minutes=minutes,
+                elapsed_seconds=0.0,
+            )
+
+        def progress_prediction(event: Event, minutes_left: float) -> DurationPrediction:
+            assert isinstance(event, RideProgress)
+            return DurationPrediction(
+                ride_id=event.ride_id, source_event_id=event.event_id, source_event_type="ride_progress",
+                source_event_time=event.event_time, model_name=PROGRESS_MODEL, model_version=self.progress_version,
+                produced_at=produced_at, predicted_duration_minutes=event.elapsed_seconds / 60.0 + minutes_left,
+                predicted_remaining_minutes=minutes_left, elapsed_seconds=event.elapsed_seconds,
+            )
+
+        next_total, next_left = iter(totals.tolist()), iter(left.tolist())
+        for event in events:
+            if isinstance(event, RideStarted):
+                record_outcome(result, event, next(next_total), START_MODEL, start_prediction)
+            elif isinstance(event, RideProgress):
+                record_outcome(result, event, next(next_left), PROGRESS_MODEL, progress_prediction)
+        return result
+
+
+def load_scorer(models_dir: Path) -> TripDurationScorer:
+    start = load_model(models_dir, START_MODEL, START_FEATURES)
+    progress = load_model(models_dir, PROGRESS_MODEL, PROGRESS_FEATURES)
+    return TripDurationScorer(start.model, start.version, progress.model, progress.version)

@@ -1,0 +1,275 @@
+"""Model features: one code path for training (trip frames) and serving (validated ride events).
+
+    trip frame rows ──► *_columns_from_trips ──┐
+                                                ├──► StartColumns / ProgressColumns ──► start_features /
+    ride events     ──► *_columns_from_events ──┘                                        progress_features ──► X
+
+The two adapters only gather raw fields into numpy columns; every derived value (local hour, remaining
+distance, pace so far) is computed once, by `start_features` / `progress_features`, from those columns. So a
+ride scored live gets exactly the feature row it would have had in training (tests/unit/test_features.py
+checks this), and serving is vectorized: list comprehensions and numpy, no per-row DataFrame work.
+
+`ZoneCategories` is the one fitted step in front of the regressors: it turns zone ids into the <= 255
+categories that HistGradientBoostingRegressor accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from schemas.events import RideProgress, RideStarted
+
+# Traffic follows the clock on the street, so hour and weekday are New York local time, not UTC.
+NYC_TIMEZONE = "America/New_York"
+
+START_FEATURES: tuple[str, ...] = (
+    "pickup_zone",
+    "dropoff_zone",
+    "trip_distance_miles",
+    "pickup_hour_local",
+    "pickup_weekday_local",
+    "passenger_count",
+    "payment_type",
+    "vendor_id",
+    "rate_code",
+    "trip_type",
+)
+# A progress event repeats only the ride's zones, pickup time and estimated distance (schemas/events.py), so
+# the dynamic model cannot use passengers, payment, vendor, rate code or trip type.
+PROGRESS_FEATURES: tuple[str, ...] = (
+    "pickup_zone",
+    "dropoff_zone",
+    "trip_distance_miles",
+    "pickup_hour_local",
+    "pickup_weekday_local",
+    "elapsed_minutes",
+    "distance_covered_miles",
+    "distance_left_miles",
+    "share_covered",
+    "speed_so_far_mph",
+    "minutes_left_at_pace",
+)
+# The MLOps-zoomcamp baseline's DictVectorizer keys (offline only: it is never served).
+BASELINE_FEATURES: tuple[str, ...] = ("PU_DO", "trip_distance")
+
+# Both feature matrices start with the two zone columns; they are the categorical ones.
+ZONE_COLUMNS: tuple[int, ...] = (0, 1)
+HIGHEST_ZONE_ID = 265
+
+# Below a minute of driving or a tenth of a mile, "pace so far" is noise (a light, a pickup manoeuvre);
+# the floors keep the ratios finite and calm at ride start.
+MIN_PACE_MINUTES = 1.0
+MIN_PACE_MILES = 0.1
+# A ride stuck in traffic would otherwise extrapolate to days; beyond three hours the number means "long".
+MAX_MINUTES_AT_PACE = 180.0
+
+_SECONDS_PER_DAY = 86_400
+# 1970-01-01 was a Thursday; with Monday = 0 (pandas' convention) day 0 of the epoch is weekday 3.
+_EPOCH_WEEKDAY = 3
+
+
+@dataclass(frozen=True)
+class StartColumns:
+    """The raw fields a ride_started event carries, one numpy array per field (pickup time as UTC epoch s)."""
+
+    pickup_zone: np.ndarray
+    dropoff_zone: np.ndarray
+    trip_distance_miles: np.ndarray
+    pickup_epoch_s: np.ndarray
+    passenger_count: np.ndarray
+    payment_type: np.ndarray
+    vendor_id: np.ndarray
+    rate_code: np.ndarray
+    trip_type: np.ndarray
+
+
+@dataclass(frozen=True)
+class ProgressColumns:
+    """The raw fields a ride_progress event carries, one numpy array per field."""
+
+    pickup_zone: np.ndarray
+    dropoff_zone: np.ndarray
+    trip_distance_miles: np.ndarray
+    pickup_epoch_s: np.ndarray
+    elapsed_seconds: np.ndarray
+    distance_covered_miles: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+
+
+def start_columns_from_events(events: Sequence[RideStarted]) -> StartColumns:
+    return StartColumns(
+        pickup_zone=np.array([e.pickup_zone for e in events], dtype=np.int64),
+        dropoff_zone=np.array([e.dropoff_zone for e in events], dtype=np.int64),
+        trip_distance_miles=np.array([e.trip_distance_miles for e in events], dtype=np.float64),
+        pickup_epoch_s=np.array([e.pickup_time.timestamp() for e in events], dtype=np.float64),
+        passenger_count=np.array([e.passenger_count for e in events], dtype=np.int64),
+        payment_type=np.array([e.payment_type for e in events], dtype=np.int64),
+        vendor_id=np.array([e.vendor_id for e in events], dtype=np.int64),
+        rate_code=np.array([e.rate_code for e in events], dtype=np.int64),
+        trip_type=np.array([e.trip_type for e in events], dtype=np.int64),
+    )
+
+
+def progress_columns_from_events(events: Sequence[RideProgress]) -> ProgressColumns:
+    return ProgressColumns(
+        pickup_zone=np.array([e.pickup_zone for e in events], dtype=np.int64),
+        dropoff_zone=np.array([e.dropoff_zone for e in events], dtype=np.int64),
+        trip_distance_miles=np.array([e.trip_distance_miles for e in events], dtype=np.float64),
+        pickup_epoch_s=np.array([e.pickup_time.timestamp() for e in events], dtype=np.float64),
+        elapsed_seconds=np.array([e.elapsed_seconds for e in events], dtype=np.float64),
+        distance_covered_miles=np.array([e.distance_covered_miles for e in events], dtype=np.float64),
+    )
+
+
+def epoch_seconds(times: pd.Series) -> np.ndarray:
+    """Timezone-aware timestamps → UTC epoch seconds, bit-identical to `datetime.timestamp()`.
+
+    Going through whole microseconds matters: both sides then divide the same integer by 10**6, so a ride
+    replayed as an event lands in the same local minute as its training row, to the last bit.
+    """
+    micros: np.ndarray = times.dt.tz_convert("UTC").dt.as_unit("us").astype("int64").to_numpy()
+    return micros / 1e6
+
+
+def start_columns_from_trips(trips: pd.DataFrame) -> StartColumns:
+    return StartColumns(
+        pickup_zone=trips["pickup_zone"].to_numpy(dtype=np.int64),
+        dropoff_zone=trips["dropoff_zone"].to_numpy(dtype=np.int64),
+        trip_distance_miles=trips["trip_distance_miles"].to_numpy(dtype=np.float64),
+        pickup_epoch_s=epoch_seconds(trips["pickup_time"]),
+        passenger_count=trips["passenger_count"].to_numpy(dtype=np.int64),
+        payment_type=trips["payment_type"].to_numpy(dtype=np.int64),
+        vendor_id=trips["vendor_id"].to_numpy(dtype=np.int64),
+        rate_code=trips["rate_code"].to_numpy(dtype=np.int64),
+        trip_type=trips["trip_type"].to_numpy(dtype=np.int64),
+    )
+
+
+def progress_columns_from_trips(
+    trips: pd.DataFrame, ride_rows: np.ndarray, elapsed_seconds: np.ndarray, distance_covered_miles: np.ndarray
+) -> ProgressColumns:
+    """Progress snapshots of trip-frame rides: snapshot i is ride `ride_rows[i]` at `elapsed_seconds[i]`."""
+    return ProgressColumns(
+        pickup_zone=trips["pickup_zone"].to_numpy(dtype=np.int64)[ride_rows],
+        dropoff_zone=trips["dropoff_zone"].to_numpy(dtype=np.int64)[ride_rows],
+        trip_distance_miles=trips["trip_distance_miles"].to_numpy(dtype=np.float64)[ride_rows],
+        pickup_epoch_s=epoch_seconds(trips["pickup_time"])[ride_rows],
+        elapsed_seconds=np.asarray(elapsed_seconds, dtype=np.float64),
+        distance_covered_miles=np.asarray(distance_covered_miles, dtype=np.float64),
+    )
+
+
+# ------------------------------------------------------------------------------------ derived features
+
+
+def local_hour_and_weekday(epoch_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UTC epoch seconds → (hour of day as a fraction, weekday Monday=0), both in New York local time.
+
+    One vectorized tz conversion finds each instant's UTC offset (EST or EDT); the rest is integer maths.
+    """
+    micros = np.round(np.asarray(epoch_s, dtype=np.float64) * 1e6).astype(np.int64)
+    utc = pd.DatetimeIndex(micros.astype("datetime64[us]"), tz="UTC")
+    local_micros = utc.tz_convert(NYC_TIMEZONE).tz_localize(None).asi8
+    local_s = local_micros // 1_000_000
+    seconds_of_day = local_s % _SECONDS_PER_DAY
+    weekday = (local_s // _SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7
+    return seconds_of_day / 3600.0, weekday.astype(np.float64)
+
+
+def start_features(columns: StartColumns) -> np.ndarray:
+    """The start-of-ride feature matrix, columns in START_FEATURES order."""
+    hour, weekday = local_hour_and_weekday(columns.pickup_epoch_s)
+    return np.column_stack(
+        [
+            columns.pickup_zone,
+            columns.dropoff_zone,
+            columns.trip_distance_miles,
+            hour,
+            weekday,
+            columns.passenger_count,
+            columns.payment_type,
+            columns.vendor_id,
+            columns.rate_code,
+            columns.trip_type,
+        ]
+    ).astype(np.float64)
+
+
+def progress_features(columns: ProgressColumns) -> np.ndarray:
+    """The ride-in-progress feature matrix, columns in PROGRESS_FEATURES order."""
+    hour, weekday = local_hour_and_weekday(columns.pickup_epoch_s)
+    elapsed_minutes = columns.elapsed_seconds / 60.0
+    covered = columns.distance_covered_miles
+    planned = columns.trip_distance_miles
+    left = np.maximum(planned - covered, 0.0)
+    share_covered = covered / np.maximum(planned, MIN_PACE_MILES)
+    pace_minutes = np.maximum(elapsed_minutes, MIN_PACE_MINUTES)
+    speed_so_far_mph = covered / (pace_minutes / 60.0)
+    # The naive forecast a dispatcher would make: the rest of the way at the pace driven so far.
+    minutes_left_at_pace = np.minimum(left * pace_minutes / np.maximum(covered, MIN_PACE_MILES), MAX_MINUTES_AT_PACE)
+    return np.column_stack(
+        [
+            columns.pickup_zone,
+            columns.dropoff_zone,
+            planned,
+            hour,
+            weekday,
+            elapsed_minutes,
+            covered,
+            left,
+            share_covered,
+            speed_so_far_mph,
+            minutes_left_at_pace,
+        ]
+    ).astype(np.float64)
+
+
+def baseline_dicts(pickup_zone: np.ndarray, dropoff_zone: np.ndarray, trip_distance: np.ndarray) -> list[dict[str, Any]]:
+    """The MLOps-zoomcamp baseline's input: one dict per ride, PU_DO as "<PU>_<DO>" and the distance."""
+    return [
+        {"PU_DO": f"{pu}_{do}", "trip_distance": float(distance)}
+        for pu, do, distance in zip(pickup_zone.tolist(), dropoff_zone.tolist(), trip_distance.tolist())
+    ]
+
+
+# ------------------------------------------------------------------------------------- fitted encoding
+
+
+class ZoneCategories(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Zone ids (1..265) → category codes HistGradientBoostingRegressor accepts (at most 255 per feature).
+
+    Each zone column keeps its `max_categories - 1` most frequent zones as their own category; the rare
+    and the never-seen share the last one. A month of green rides touches ~256 dropoff zones, one more
+    than the booster allows, and the zones beyond the top 254 have a handful of rides each.
+    """
+
+    def __init__(self, columns: tuple[int, ...] = ZONE_COLUMNS, max_categories: int = 255) -> None:
+        self.columns = columns
+        self.max_categories = max_categories
+
+    def fit(self, X: np.ndarray, y: Any = None) -> Self:
+        other = self.max_categories - 1
+        self.codes_: list[np.ndarray] = []
+        for column in self.columns:
+            zones = np.clip(X[:, column].astype(np.int64), 0, HIGHEST_ZONE_ID)
+            counts = np.bincount(zones, minlength=HIGHEST_ZONE_ID + 1)
+            by_frequency = np.argsort(-counts, kind="stable")
+            kept = by_frequency[: other][counts[by_frequency[: other]] > 0]
+            codes = np.full(HIGHEST_ZONE_ID + 1, float(other))
+            codes[np.sort(kept)] = np.arange(len(kept), dtype=np.float64)
+            self.codes_.append(codes)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        encoded = np.array(X, dtype=np.float64, copy=True)
+        for column, codes in zip(self.columns, self.codes_):
+            encoded[:, column] = codes[np.clip(encoded[:, column].astype(np.int64), 0, HIGHEST_ZONE_ID)]
+        return encoded

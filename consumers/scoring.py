@@ -1,0 +1,101 @@
+"""What every scorer shares: the result shape, the predictor seam, and the split into scored and failed rows.
+
+A scorer turns one micro-batch of validated events into predictions with one `predict` call per model.
+Rows whose prediction is not a finite number become failures (the runner dead-letters them as
+"unscoreable"); the rest of the batch is still scored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Protocol
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from schemas.events import RideCompleted, RideProgress, RideStarted
+from schemas.predictions import CostPrediction, DurationPrediction, TipPrediction
+
+Event = RideStarted | RideProgress | RideCompleted
+Prediction = DurationPrediction | TipPrediction | CostPrediction
+
+# Payment types for which the TLC records a tip: card (1) and unknown (5, mostly rows whose codes the TLC
+# left empty, card among them). Cash tips are never recorded (2), nor tips on no-charge (3), disputed (4)
+# or voided (6) rides, so the prediction of the *recorded* tip is 0 there by construction.
+TIP_RECORDED_PAYMENT_TYPES: tuple[int, ...] = (1, 5)
+# OpenMP threads for HistGradientBoosting. Services scale out by processes (one per partition share), and
+# OpenMP's spin-waiting threads collapse when processes outnumber cores: on this 2-core box at load 5, a
+# fit took 22 s with 2 threads and 0.7 s with 1. One thread costs ~1.4x on an idle machine, never 30x.
+OPENMP_THREADS = 1
+
+
+class Predictor(Protocol):
+    """A fitted model: one 2-D float matrix in, one prediction per row out."""
+
+    def predict(self, X: np.ndarray) -> Any: ...
+
+
+@dataclass
+class ScoreResult:
+    predictions: list[Prediction] = field(default_factory=list)
+    failures: list[tuple[Event, str]] = field(default_factory=list)
+
+
+@cache
+def _threadpools() -> ThreadpoolController:
+    # Built once, on first use (after scikit-learn has loaded its OpenMP runtime): building one scans
+    # the process's libraries (~1.5 ms), while limiting through it costs ~50 µs.
+    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime the controller has to find)
+
+    return ThreadpoolController()
+
+
+@contextmanager
+def openmp_threads(threads: int = OPENMP_THREADS) -> Iterator[None]:
+    with _threadpools().limit(limits=threads, user_api="openmp"):
+        yield
+
+
+def predict_rows(model: Predictor, features: np.ndarray) -> np.ndarray:
+    """One vectorized predict; an empty batch never reaches the model (scikit-learn refuses 0 rows)."""
+    if len(features) == 0:
+        return np.empty(0, dtype=np.float64)
+    with openmp_threads():
+        return np.asarray(model.predict(features), dtype=np.float64).reshape(-1)
+
+
+def unscoreable_reason(value: float, model_name: str) -> str:
+    return f"model {model_name} returned {value!r} for this event; a finite number is required"
+
+
+def tip_where_recorded(predicted_tip: np.ndarray, payment_type: np.ndarray) -> np.ndarray:
+    """The recorded tip to expect: the model's tip (never negative) where tips are recorded, else 0.
+
+    NaN stays NaN so that a broken prediction is still reported as unscoreable, not hidden as a 0.
+    """
+    recorded = np.isin(payment_type, TIP_RECORDED_PAYMENT_TYPES)
+    tips = np.where(recorded, np.maximum(predicted_tip, 0.0), 0.0)
+    return np.where(np.isnan(predicted_tip), np.nan, tips)
+
+
+def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -> list[tuple[Event, str]]:
+    """Events a scorer was handed but does not score (the runner filters them; this keeps the scorer total)."""
+    return [
+        (event, f"{event.event_type} events are not scored here (scores {', '.join(sorted(scored_types))})")
+        for event in events
+        if event.event_type not in scored_types
+    ]
+
+
+def record_outcome(
+    result: ScoreResult, event: Event, value: float, model_name: str, build: Callable[[Event, float], Prediction]
+) -> None:
+    """Append the event's prediction, or its failure when the model's number is not finite."""
+    if math.isfinite(value):
+        result.predictions.append(build(event, value))
+    else:
+        result.failures.append((event, unscoreable_reason(value, model_name)))

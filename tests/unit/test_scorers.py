@@ -1,0 +1,178 @@
+"""The scorers, on plain lists of events: one prediction per event, the right ids and model versions."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.linear_model import LinearRegression
+
+from consumers.cost.scorer import CostScorer
+from consumers.cost.scorer import load_scorer as load_cost
+from consumers.duration.scorer import TripDurationScorer
+from consumers.duration.scorer import load_scorer as load_duration
+from consumers.features import (
+    progress_columns_from_trips,
+    progress_features,
+    start_columns_from_trips,
+    start_features,
+)
+from consumers.scoring import ScoreResult
+from consumers.tip.scorer import TipScorer
+from consumers.tip.scorer import load_scorer as load_tip
+from consumers.training import train_models
+from schemas.events import RideProgress, RideStarted
+from shared.errors import ModelArtifactError
+from shared.models import artifact_path
+from shared.synthetic import synthesize_trips
+from tests.factories import PICKUP, ride_progress, ride_started
+
+PRODUCED_AT = datetime(2021, 1, 15, 8, 45, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("scorer-models")
+    train_models(synthesize_trips(4000, seed=11).trips, directory)
+    return directory
+
+
+def version_of(models_dir: Path, name: str) -> str:
+    return str(json.loads((models_dir / f"{name}.json").read_text())["version"])
+
+
+def started_batch(count: int) -> list[RideStarted]:
+    return [
+        ride_started(f"r-{i}", pickup_zone=1 + (i * 37) % 265, dropoff_zone=1 + (i * 91) % 265,
+                     trip_distance_miles=0.3 + (i % 40) * 0.7, payment_type=1 + i % 2,
+                     pickup_time=PICKUP + timedelta(minutes=17 * i), event_time=PICKUP + timedelta(minutes=17 * i))
+        for i in range(count)
+    ]
+
+
+def assert_traces_its_event(prediction: object, event: RideStarted | RideProgress, model: str, version: str) -> None:
+    assert prediction.ride_id == event.ride_id  # type: ignore[attr-defined]
+    assert prediction.source_event_id == event.event_id  # type: ignore[attr-defined]
+    assert prediction.source_event_type == event.event_type  # type: ignore[attr-defined]
+    assert prediction.source_event_time == event.event_time  # type: ignore[attr-defined]
+    assert prediction.model_name == model and prediction.model_version == version  # type: ignore[attr-defined]
+    assert prediction.produced_at == PRODUCED_AT  # type: ignore[attr-defined]
+
+
+def test_tip_scorer_predicts_once_per_ride_started_and_nothing_recorded_for_cash(models_dir: Path) -> None:
+    scorer = load_tip(models_dir)
+    events = started_batch(200)
+    result = scorer.score(events, PRODUCED_AT)
+    assert result.failures == [] and len(result.predictions) == len(events)
+    for prediction, event in zip(result.predictions, events):
+        assert_traces_its_event(prediction, event, "tip", version_of(models_dir, "tip"))
+        assert prediction.predicted_tip_usd >= 0
+        if event.payment_type == 2:
+            assert prediction.predicted_tip_usd == 0.0
+    assert max(p.predicted_tip_usd for p in result.predictions) > 0
+    assert scorer.model_version == version_of(models_dir, "tip") and scorer.scored_event_types == {"ride_started"}
+
+
+def test_cost_scorer_predicts_a_non_negative_total_per_ride_started(models_dir: Path) -> None:
+    scorer = load_cost(models_dir)
+    events = started_batch(200)
+    result = scorer.score(events, PRODUCED_AT)
+    assert result.failures == [] and len(result.predictions) == len(events)
+    for prediction, event in zip(result.predictions, events):
+        assert_traces_its_event(prediction, event, "cost", version_of(models_dir, "cost"))
+        assert prediction.predicted_total_usd >= 0
+    longest = max(range(len(events)), key=lambda i: events[i].trip_distance_miles)
+    shortest = min(range(len(events)), key=lambda i: events[i].trip_distance_miles)
+    assert result.predictions[longest].predicted_total_usd > result.predictions[shortest].predicted_total_usd
+
+
+def test_duration_scorer_uses_the_start_model_then_the_dynamic_model_in_event_order(models_dir: Path) -> None:
+    scorer = load_duration(models_dir)
+    start_version, dynamic_version = version_of(models_dir, "duration"), version_of(models_dir, "dynamic_duration")
+    events: list[RideStarted | RideProgress] = []
+    for i in range(50):
+        events.append(ride_started(f"r-{i}", trip_distance_miles=4.0))
+        events.append(ride_progress(f"r-{i}", elapsed_s=60.0 * (1 + i % 20), covered=min(4.0, 0.2 * (1 + i % 20)),
+                                    trip_distance_miles=4.0))
+    result = scorer.score(events, PRODUCED_AT)
+
+    assert result.failures == [] and len(result.predictions) == len(events)
+    for prediction, event in zip(result.predictions, events):  # one per event, in the events' order
+        if isinstance(event, RideStarted):
+            assert_traces_its_event(prediction, event, "duration", start_version)
+            assert prediction.elapsed_seconds == 0.0
+            assert prediction.predicted_remaining_minutes == prediction.predicted_duration_minutes > 0
+        else:
+            assert_traces_its_event(prediction, event, "dynamic_duration", dynamic_version)
+            assert prediction.elapsed_seconds == event.elapsed_seconds
+            assert prediction.predicted_remaining_minutes >= 0
+            assert prediction.predicted_duration_minutes == pytest.approx(
+                event.elapsed_seconds / 60 + prediction.predicted_remaining_minutes)
+    assert scorer.model_name == "duration+dynamic_duration"
+    assert scorer.model_version == f"{start_version}+{dynamic_version}"
+
+
+def test_the_dynamic_model_expects_less_time_left_near_the_end_of_the_ride(models_dir: Path) -> None:
+    scorer = load_duration(models_dir)
+    early = ride_progress("r-1", elapsed_s=120.0, covered=0.5, trip_distance_miles=5.0)
+    late = ride_progress("r-1", elapsed_s=1200.0, covered=4.9, trip_distance_miles=5.0)
+    first, second = scorer.score([early, late], PRODUCED_AT).predictions
+    assert second.predicted_remaining_minutes < first.predicted_remaining_minutes
+
+
+def test_an_empty_batch_scores_to_nothing(models_dir: Path) -> None:
+    for scorer in (load_tip(models_dir), load_cost(models_dir), load_duration(models_dir)):
+        assert scorer.score([], PRODUCED_AT) == ScoreResult([], [])
+
+
+def test_an_event_type_the_scorer_does_not_score_is_a_failure_not_a_crash(models_dir: Path) -> None:
+    result = load_tip(models_dir).score([ride_started("r-1"), ride_progress("r-2")], PRODUCED_AT)
+    assert [p.ride_id for p in result.predictions] == ["r-1"]
+    assert [(e.ride_id, "not scored" in reason) for e, reason in result.failures] == [("r-2", True)]
+
+
+def exploding_model(features: np.ndarray, miles_column: int) -> TransformedTargetRegressor:
+    """A real scikit-learn model that overflows to infinity on a far-out ride: log-target regression whose
+    log grows 8 per mile, so beyond ~89 miles exp() is inf."""
+    target = np.exp(8.0 * features[:, miles_column])
+    model = TransformedTargetRegressor(regressor=LinearRegression(), func=np.log, inverse_func=np.exp, check_inverse=False)
+    return model.fit(features, target)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+def test_a_row_the_model_cannot_score_is_a_failure_and_the_rest_of_the_batch_is_scored() -> None:
+    trips = synthesize_trips(300, seed=4).trips
+    trips = trips[trips["trip_distance_miles"] < 60].reset_index(drop=True)
+    start_model = exploding_model(start_features(start_columns_from_trips(trips)), miles_column=2)
+    rows = np.arange(len(trips))
+    progress_X = progress_features(progress_columns_from_trips(trips, rows, np.full(len(trips), 60.0), np.zeros(len(trips))))
+    progress_model = exploding_model(progress_X, miles_column=2)
+
+    far = ride_started("far", trip_distance_miles=150.0)
+    near = [ride_started(f"near-{i}", trip_distance_miles=1.0 + i) for i in range(3)]
+    far_progress = ride_progress("far", elapsed_s=600.0, covered=10.0, trip_distance_miles=150.0)
+    for scorer in (TipScorer(start_model, "v1"), CostScorer(start_model, "v1"),
+                   TripDurationScorer(start_model, "v1", progress_model, "v2")):
+        batch = [near[0], far, near[1], far_progress, near[2]]
+        result = scorer.score(batch, PRODUCED_AT)
+        scored = [p.ride_id for p in result.predictions]
+        assert scored == [e.ride_id for e in near], type(scorer).__name__
+        failed = [e for e, _ in result.failures]
+        assert far in failed
+        assert all("inf" in reason or "nan" in reason or "not scored" in reason for _, reason in result.failures)
+    assert len(result.failures) == 2  # the duration scorer scores both event types: both far rows fail
+
+
+def test_a_scorer_refuses_to_load_a_damaged_artifact(models_dir: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "models"
+    damaged.mkdir()
+    for file in models_dir.iterdir():
+        (damaged / file.name).write_bytes(file.read_bytes())
+    artifact_path(damaged, "dynamic_duration").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelArtifactError, match="dynamic_duration.joblib is corrupt"):
+        load_duration(damaged)
+    load_tip(damaged)  # the other services' artifacts are untouched
