@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,faust]'
+	$(BIN)/python -m pip install --quiet -e '.[test,faust,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +29,14 @@ test: broker-jars
 
 test-all: broker-jars
 	$(BIN)/python -m pytest $(ARGS)
+
+# The full fault-injection suite (long): prints a table, writes results/faults.json.
+faults: broker-jars
+	$(BIN)/python -m bench.faults $(ARGS)
+
+# Consumer benchmark against the raw client's ceiling and the peers: writes results/bench.{json,md,png}.
+bench: broker-jars
+	$(BIN)/python -m bench.consumers $(ARGS)
 
 bench-producer: broker-jars
 	$(BIN)/python -m bench.producer $(ARGS)

@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from producer.publisher import publish_rides
+from bench.quix_contender import quix_available, quix_command
 from producer.source import Pacer, ride_events
 from shared.kafka import ensure_topic, make_consumer, make_producer
 from shared.serde import encode
@@ -87,6 +87,8 @@ def all_contenders() -> dict[str, Contender]:
     if faust_available():
         contenders["faust"] = Contender("faust", ridestream_command("at_least_once", "faust"))
         contenders["faust-batched"] = Contender("faust-batched", ridestream_command("at_least_once", "faust-batched"))
+    if quix_available():
+        contenders["quix"] = Contender("quix", quix_command)
     return contenders
 
 
@@ -184,23 +186,27 @@ def expected_outputs(contender: str, events: list[tuple[bytes, bytes]]) -> int:
 
 
 def measure_throughput(contender: Contender, bootstrap: str, backlog: str, events: list[tuple[bytes, bytes]],
-                       models: Path, log_dir: Path) -> dict[str, Any]:
+                       models: Path, log_dir: Path, budget_s: float = 120.0) -> dict[str, Any]:
     target = f"bench-out-{uuid.uuid4().hex[:8]}"
     ensure_topic({"bootstrap.servers": bootstrap}, target, 6)
     process = start_contender(contender, bootstrap, backlog, target, models, log_dir / f"{contender.name}.log")
     sampler = Sampler(psutil.Process(process.pid)).start()
     expected = expected_outputs(contender.name, events)
     try:
-        records = output_timestamps(bootstrap, target, expected, contender.isolation, 600, lambda: process.poll() is None)
+        records = output_timestamps(bootstrap, target, expected, contender.isolation, budget_s,
+                                    lambda: process.poll() is None)
     finally:
         sampler.stop()
         stop(process)
-    if len(records) < expected:
+    if len(records) < min(expected, 1000):
         raise RuntimeError(f"{contender.name}: {len(records)} of {expected} outputs (see {log_dir / contender.name}.log)")
+    # A slow contender is measured on the part of the backlog it drained within the budget: its steady rate.
     stamps = sorted(ts for ts, _ in records)
     seconds = max(1e-3, (stamps[-1] - stamps[0]) / 1000)
+    inputs = len(events) * len(records) / expected
     return {
-        "events_per_s": round(len(events) / seconds),
+        "events_per_s": round(inputs / seconds),
+        "drained": f"{len(records):,} of {expected:,} outputs",
         "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
         "cpu_s_per_1k_events": round(sampler.cpu_s / len(events) * 1000, 4),
     }
@@ -329,6 +335,9 @@ def main() -> None:
             results[contender.name]["latency"] = {}
             results[contender.name]["p99_ms"] = {}
             for rate in rates:
+                if rate > 1.5 * results[contender.name]["events_per_s"]:
+                    print(f"{contender.name}: {rate:,.0f}/s is beyond its throughput; latency not measured")
+                    continue
                 latency = measure_latency(contender, bootstrap, rate, args.latency_seconds, models, work, seed=11)
                 results[contender.name]["latency"][str(int(rate))] = latency
                 results[contender.name]["p99_ms"][str(int(rate))] = latency["p99_ms"]

@@ -15,8 +15,12 @@ record.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
 from shared.errors import DeliveryError
@@ -29,6 +33,35 @@ ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 # Retries of a transaction commit that failed with a retriable error (e.g. a coordinator moving) before
 # the batch is treated as failed and rewound.
 COMMIT_RETRIES = 5
+# Exit code when a transactional call overran its deadline (sysexits EX_SOFTWARE): restart the instance.
+EXIT_TRANSACTION_STUCK = 70
+# Grace beyond a transactional call's own timeout before the watchdog gives up on it.
+WATCHDOG_GRACE_S = 5.0
+
+
+def exit_stuck(what: str, seconds: float) -> None:
+    """End the process at once: the open transaction is aborted by the restarted instance's
+    init_transactions (same transactional.id) or by the broker's transaction timeout, so nothing is lost
+    or duplicated, whereas waiting would stall every partition this instance owns."""
+    sys.stderr.write(
+        f"ridestream: error: {what} did not return within {seconds:.0f}s (a stale transaction coordinator, "
+        "librdkafka #5456/#5511); exiting so that a restart fences and aborts the open transaction\n"
+    )
+    sys.stderr.flush()
+    os._exit(EXIT_TRANSACTION_STUCK)
+
+
+@contextmanager
+def watchdog(what: str, seconds: float, on_overrun: Callable[[str, float], None] = exit_stuck) -> Iterator[None]:
+    """librdkafka can block in send_offsets_to_transaction past its timeout when the group coordinator's
+    broker was replaced (confluentinc/librdkafka#5456, #5511, open); a timer turns that hang into an exit."""
+    timer = threading.Timer(seconds, on_overrun, (what, seconds))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 class DeliveryLedger:
@@ -126,10 +159,12 @@ class ExactlyOnce:
         max_messages: int = 5000,
         max_interval_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        call_timeout_s: float = 15.0,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
+        self.call_timeout_s = call_timeout_s
         self.max_messages = max_messages
         self.max_interval_s = max_interval_s
         self.clock = clock
@@ -175,8 +210,11 @@ class ExactlyOnce:
             raise DeliveryError(f"{self.service}: {problem}; transaction aborted")
         positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.offsets.items()]
         try:
-            if positions:
-                self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), self.flush_timeout_s)
+            with watchdog("send_offsets_to_transaction", self.call_timeout_s + WATCHDOG_GRACE_S):
+                if positions:
+                    self.producer.send_offsets_to_transaction(
+                        positions, self.consumer.consumer_group_metadata(), self.call_timeout_s
+                    )
             self.commit_with_retries()
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
@@ -190,7 +228,8 @@ class ExactlyOnce:
     def commit_with_retries(self) -> None:
         for attempt in range(COMMIT_RETRIES):
             try:
-                self.producer.commit_transaction(self.flush_timeout_s)
+                with watchdog("commit_transaction", self.call_timeout_s + WATCHDOG_GRACE_S):
+                    self.producer.commit_transaction(self.call_timeout_s)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]

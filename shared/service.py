@@ -45,6 +45,10 @@ class ServiceSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     group_instance_id: str | None = Field(default=None, description="static membership: a stable id per instance")
     broker_loss_timeout_s: float = Field(default=60.0, gt=0)
+    session_timeout_s: float = Field(
+        default=45.0, ge=6, le=300,
+        description="a crashed instance's partitions move after this long (the broker allows 6..300 s)",
+    )
     output_partitions: int = Field(default=6, ge=1)
     max_messages: int | None = Field(default=None, ge=1)
     idle_timeout_s: float | None = Field(default=None, gt=0)
@@ -81,7 +85,10 @@ def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer,
     for topic in (settings.input_topic, settings.output_topic, settings.dlq_topic):
         ensure_topic(client_config, topic, settings.output_partitions)
     watch = BrokerWatch()
-    consumer_overrides: dict[str, object] = {"error_cb": watch.on_error}
+    consumer_overrides: dict[str, object] = {
+        "error_cb": watch.on_error,
+        "session.timeout.ms": int(settings.session_timeout_s * 1000),
+    }
     if settings.group_instance_id:
         consumer_overrides["group.instance.id"] = settings.group_instance_id
     consumer = make_consumer(client_config, settings.group_id, consumer_overrides)
