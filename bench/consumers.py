@@ -37,13 +37,14 @@ from typing import Any
 import psutil
 
 from bench.quix_contender import quix_available, quix_command
-from producer.source import Pacer, ride_events
-from shared.kafka import ensure_topic, make_consumer, make_producer
+from producer.source import ride_events
+from shared.kafka import OFFSET_BEGINNING, TopicPartition, ensure_topic, make_consumer, make_producer
 from shared.serde import encode
 from shared.synthetic import synthesize_trips
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_INTERVAL_S = 60.0
+WARMUP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -123,13 +124,16 @@ def encoded_events(rides: int, seed: int) -> list[tuple[bytes, bytes]]:
     return [(event.ride_id.encode(), encode(event)) for event in ride_events(trips, PROGRESS_INTERVAL_S, seed)]
 
 
-def fill_topic(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float | None = None) -> None:
-    producer = make_producer({"bootstrap.servers": bootstrap})
-    pacer = Pacer("rate", rate=rate) if rate else None
+def fill_topic(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float | None = None,
+               producer: Any = None) -> None:
+    """Publish `events`, as fast as possible or at `rate` events/s. Pass a warm `producer` when timing
+    matters: a new one spends its first few hundred ms finding the cluster and its producer id, and every
+    record created meanwhile would carry that wait as contender latency."""
+    producer = producer or make_producer({"bootstrap.servers": bootstrap})
     started = time.monotonic()
     for index, (key, value) in enumerate(events):
-        if pacer is not None:
-            wait = index / rate - (time.monotonic() - started)  # type: ignore[operator]
+        if rate is not None:
+            wait = index / rate - (time.monotonic() - started)
             if wait > 0:
                 producer.poll(wait)
         while True:
@@ -144,18 +148,23 @@ def fill_topic(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], ra
 
 
 def output_timestamps(bootstrap: str, topic: str, expected: int, isolation: str, timeout_s: float,
-                      alive: Callable[[], bool]) -> list[tuple[int, bytes]]:
-    """(CreateTime ms, value) of `expected` output records, read as a downstream client would."""
+                      alive: Callable[[], bool], receipt: bool = False) -> list[tuple[int, bytes]]:
+    """(ms, value) of `expected` output records, read as a downstream client would. The time is the
+    record's CreateTime, or with `receipt` the wall clock when this reader got it (what latency means
+    under exactly-once: an output counts once a read_committed reader can see it)."""
     consumer = make_consumer({"bootstrap.servers": bootstrap}, f"bench-reader-{uuid.uuid4().hex[:8]}",
                              {"isolation.level": isolation})
-    consumer.subscribe([topic])
+    # Assigned, not subscribed: a group join would delay the first reads by a rebalance.
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     records: list[tuple[int, bytes]] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(records) < expected and time.monotonic() < deadline and alive():
-            for message in consumer.consume(10_000, 0.5):
+            for message in consumer.consume(10_000, 0.5 if not receipt else 0.005):
                 if message.error() is None:
-                    records.append((message.timestamp()[1], message.value() or b""))
+                    stamp = int(time.time() * 1000) if receipt else message.timestamp()[1]
+                    records.append((stamp, message.value() or b""))
     finally:
         consumer.close()
     return records
@@ -225,20 +234,28 @@ def measure_latency(contender: Contender, bootstrap: str, rate: float, seconds: 
     ensure_topic(config, target, 6)
     process = start_contender(contender, bootstrap, source, target, models, log_dir / f"{contender.name}-lat.log")
     try:
+        producer = make_producer(config)
         warmup = encoded_events(20, seed + 1000)
-        fill_topic(bootstrap, source, warmup)  # readiness: the contender has answered real input
+        fill_topic(bootstrap, source, warmup, producer=producer)  # readiness: the contender answered real input
         alive = lambda: process.poll() is None  # noqa: E731
         output_timestamps(bootstrap, target, expected_outputs(contender.name, warmup), contender.isolation, 120, alive)
-        events = encoded_events(max(50, int(rate * seconds / 16)), seed)[: int(rate * seconds)]
+        total = int(rate * (seconds + WARMUP_S))
+        events = encoded_events(max(50, total // 16), seed)[:total]
         input_times: dict[str, int] = {}
-        fill_topic(bootstrap, source, events, rate)
+        # The reader runs during the load and stamps each output when it becomes visible to it.
+        outputs: list[tuple[int, bytes]] = []
+        reader = threading.Thread(target=lambda: outputs.extend(output_timestamps(
+            bootstrap, target, expected_outputs(contender.name, warmup + events), contender.isolation, 120, alive,
+            receipt=True)), daemon=True)
+        reader.start()
+        fill_topic(bootstrap, source, events, rate, producer=producer)
         for ts, value in output_timestamps(bootstrap, source, len(warmup) + len(events), "read_uncommitted", 120, lambda: True):
             input_times[source_ids(value)] = ts
-        outputs = output_timestamps(bootstrap, target, expected_outputs(contender.name, warmup + events),
-                                    contender.isolation, 120, alive)
+        reader.join(150)
     finally:
         stop(process)
-    measured = {source_ids(value) for _key, value in events}
+    # The first WARMUP_S of load is not measured: caches, connections and batch sizes settle there.
+    measured = {source_ids(value) for _key, value in events[int(rate * WARMUP_S):]}
     latencies = sorted(ts - input_times[sid] for ts, value in outputs if (sid := source_ids(value)) in measured)
     def pct(q: float) -> float:
         return float(latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else float("nan")

@@ -189,7 +189,7 @@ def consume(
     bootstrap_servers: BootstrapOption = None,
     models: Annotated[Path | None, typer.Option("--models", help="model directory (default ./models)")] = None,
     group: Annotated[str | None, typer.Option(help="consumer group id (default ridestream-<service>)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="records per micro-batch (default 500)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="records per micro-batch (default 1000)")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="serve /metrics, /healthz, /readyz on this port")] = None,
     instance_id: Annotated[str | None, typer.Option(help="static group membership id (group.instance.id)")] = None,
     max_messages: Annotated[int | None, typer.Option(help="stop after this many records (bounded runs)")] = None,

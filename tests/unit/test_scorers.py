@@ -176,3 +176,18 @@ def test_a_scorer_refuses_to_load_a_damaged_artifact(models_dir: Path, tmp_path:
     with pytest.raises(ModelArtifactError, match="dynamic_duration.joblib is corrupt"):
         load_duration(damaged)
     load_tip(damaged)  # the other services' artifacts are untouched
+
+
+def test_every_prediction_a_scorer_builds_is_valid_under_the_contract(models_dir: Path) -> None:
+    """A whole synthetic replay scores without failures, and every prediction survives a JSON round trip."""
+    from shared.synthetic import synthesize_trips
+    from producer.source import ride_events
+
+    events = [e for e in ride_events(synthesize_trips(200, seed=9).trips, 120.0) if e.event_type != "ride_completed"]
+    produced_at = datetime.now(UTC)
+    for scorer in (load_duration(models_dir), load_tip(models_dir), load_cost(models_dir)):
+        scored = [e for e in events if e.event_type in scorer.scored_event_types]
+        result = scorer.score(scored, produced_at)
+        assert len(result.predictions) == len(scored) and not result.failures
+        for prediction in result.predictions:
+            assert type(prediction).model_validate_json(prediction.model_dump_json()) == prediction
