@@ -415,6 +415,15 @@ _OWNED: set[LocalKafka] = set()
 
 
 @atexit.register
+def _die_with_parent() -> None:
+    """In the JVM's child process before exec: SIGTERM it when the thread that started it dies (Linux
+    PR_SET_PDEATHSIG), so an owner killed by a signal, which skips atexit, leaves no orphan broker."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _stop_owned() -> None:
     """JVMs run in their own session (a Ctrl+C reaches Python, not them): stop them when Python exits."""
     for kafka in list(_OWNED):
@@ -469,6 +478,7 @@ class LocalKafka:
         members = [_Node(i, b, c, directory / f"node-{i}") for i, (b, c) in enumerate(pairs)]
         kafka = cls(members, directory, keep_data, remove_dir)
         kafka._java, kafka._libs = java, libs
+        kafka._detached = detach
         try:
             kafka._write_configs(pairs, config_overrides or {})
             kafka._format_storage()
@@ -590,7 +600,8 @@ class LocalKafka:
         command = self._java_command(node, JVM_OPTIONS, "kafka.Kafka", str(node.directory / "server.properties"))
         with node.jvm_out_path.open("ab") as out:
             popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=node.directory, start_new_session=True)
+                                     cwd=node.directory, start_new_session=True,
+                                     preexec_fn=None if getattr(self, "_detached", True) else _die_with_parent)
         try:
             started_at = psutil.Process(popen.pid).create_time()
         except psutil.Error:

@@ -146,9 +146,9 @@ def make_consumer(client_config: Mapping[str, str], group_id: str, overrides: Ma
         # A new group starts at the beginning so no ride is skipped because a service started late.
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
-        # librdkafka prefetches up to 64 MB per consumer by default; 16 MB (~50k ride events, dozens of
-        # batches ahead) keeps a service's memory flat and well under its 300 MB budget.
-        "queued.max.messages.kbytes": 16384,
+        # librdkafka prefetches up to 100k messages / 64 MB per consumer by default; 8 MB (~25k ride events,
+        # 25 batches ahead) is plenty to keep a service busy and keeps its memory within a 300 MB budget.
+        "queued.max.messages.kbytes": 8192,
     }
     config.update(overrides or {})
     return Consumer(config)
