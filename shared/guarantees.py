@@ -33,6 +33,11 @@ ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 # Retries of a transaction commit that failed with a retriable error (e.g. a coordinator moving) before
 # the batch is treated as failed and rewound.
 COMMIT_RETRIES = 5
+# Commit errors meaning the group moved this instance's partitions away during the batch.
+LOST_OWNERSHIP = frozenset({
+    KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError._ASSIGNMENT_LOST,
+})
 # Exit code when a transactional call overran its deadline (sysexits EX_SOFTWARE): restart the instance.
 EXIT_TRANSACTION_STUCK = 70
 # Grace beyond a transactional call's own timeout before the watchdog gives up on it.
@@ -131,7 +136,16 @@ class AtLeastOnce:
         problem = ledger.first_problem()
         if problem is not None:
             raise DeliveryError(f"{service}: {problem}; offsets not committed")
-        self.consumer.commit(offsets=list(offsets), asynchronous=False)
+        try:
+            self.consumer.commit(offsets=list(offsets), asynchronous=False)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() not in LOST_OWNERSHIP:
+                raise
+            # The partitions moved to another instance while this batch ran: its outputs are delivered, and
+            # the new owner consumes the batch again from the last commit (at-least-once: a duplicate).
+            log.warning("%s: offsets not committed, partitions were reassigned (%s)", service, error)
+            return False
         return True
 
     def tick(self) -> None:

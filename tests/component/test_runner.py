@@ -73,3 +73,17 @@ def test_oversized_records_are_dead_lettered_without_decoding() -> None:
     consumer, producer = FakeConsumer([[message(b"{" + b" " * 70_000 + b"}", 0)]]), FakeProducer()
     run(consumer, producer)
     assert dict(producer.produced[0].headers)["ridestream.reason"] == b"oversized"
+
+
+def test_a_commit_refused_after_a_rebalance_is_not_a_crash_the_new_owner_replays_the_batch() -> None:
+    from shared.kafka import KafkaError, KafkaException
+
+    class RebalancedConsumer(FakeConsumer):
+        def commit(self, message=None, offsets=None, asynchronous=True):  # type: ignore[no-untyped-def]
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "generation moved on"))
+
+    consumer = RebalancedConsumer([[message(encode(ride_started("a")), 0)], [message(encode(ride_started("b")), 1)]])
+    producer = FakeProducer()
+    run(consumer, producer)
+    assert sorted(p.key for p in producer.produced) == [b"a", b"b"]  # both batches scored and delivered
+    assert consumer.closed
