@@ -280,7 +280,8 @@ def markdown(result: Mapping[str, Any]) -> str:
     head = "| contender | events/s | " + " | ".join(f"p99 ms @ {int(r):,}/s" for r in rates) + " | peak RSS MB | CPU s / 1k ev |"
     lines = [head, "|---" * (4 + len(rates)) + "|"]
     for name, c in result["contenders"].items():
-        p99 = " | ".join(f"{c['p99_ms'].get(str(int(r)), float('nan')):.0f}" for r in rates)
+        p99 = " | ".join(f"{c['p99_ms'][str(int(r))]:.0f}" if str(int(r)) in c["p99_ms"] else "— (over capacity)"
+                         for r in rates)
         lines.append(f"| {name} | {c['events_per_s']:,} | {p99} | {c['peak_rss_mb']} | {c['cpu_s_per_1k_events']} |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in result["ratios"].items()]
     return "\n".join(lines) + "\n"
@@ -327,7 +328,13 @@ def main() -> None:
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--models", type=Path, help="model dir (default: train into a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md and .png from the .json")
     args = parser.parse_args()
+    if args.render_only:
+        result = json.loads(args.out.read_text())
+        args.out.with_suffix(".md").write_text(markdown(result))
+        plot(result, args.out.with_suffix(".png"))
+        return
     available = all_contenders()
     chosen = [available[n] for n in args.contenders.split(",")] if args.contenders else list(available.values())
     rates = [float(r) for r in args.rates.split(",") if r]
