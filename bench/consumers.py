@@ -37,6 +37,7 @@ from typing import Any
 import psutil
 
 from bench.quix_contender import quix_available, quix_command
+from producer.publisher import produce_with_backoff
 from producer.source import ride_events
 from shared.kafka import OFFSET_BEGINNING, TopicPartition, ensure_topic, make_consumer, make_producer
 from shared.serde import encode
@@ -136,12 +137,7 @@ def fill_topic(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], ra
             wait = index / rate - (time.monotonic() - started)
             if wait > 0:
                 producer.poll(wait)
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_backoff(producer, topic, key, value)
         if index % 1000 == 0:
             producer.poll(0)
     producer.flush(120)

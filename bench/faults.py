@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from producer.publisher import produce_with_backoff
 from producer.source import ride_events
 from shared.broker import LocalKafka
 from shared.fleet import ServiceProcess, start_service, stop_service, wait_ready
@@ -114,12 +115,7 @@ def publish_at_rate(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]
             wait = index / rate - (time.monotonic() - started)
             if wait > 0:
                 producer.poll(wait)
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_with_backoff(producer, topic, key, value)
         remaining = producer.flush(300)
         assert remaining == 0, f"{remaining} input events were never delivered"
         done.set()
@@ -374,12 +370,7 @@ def run_adversarial(bootstrap: str, models: Path, work: Path, hostile: int = 10_
         ensure_topic(config, topic, 6)
     producer = make_producer(config)
     for key, value in mixed:
-        while True:
-            try:
-                producer.produce(source, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_backoff(producer, source, key, value)
     assert producer.flush(120) == 0
     env = {"INPUT_TOPIC": source, "OUTPUT_TOPIC": target, "DLQ_TOPIC": dlq, "GROUP_ID": f"adv-{suffix}",
            "PROCESSING_GUARANTEE": "exactly_once"}

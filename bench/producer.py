@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from producer.publisher import publish_rides
+from producer.publisher import produce_with_backoff, publish_rides
 from producer.source import ride_events
 from shared.kafka import ensure_topic, make_producer
 from shared.serde import encode
@@ -36,12 +36,7 @@ def bench_raw(client_config: dict[str, str], payloads: list[tuple[bytes, bytes]]
     producer = make_producer(client_config)
     started = time.perf_counter()
     for key, value in payloads:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_backoff(producer, topic, key, value)
     producer.flush(120)
     return len(payloads) / (time.perf_counter() - started)
 

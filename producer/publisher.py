@@ -61,7 +61,10 @@ class DeliveryTracker:
             self.summary.first_error = str(error)
 
 
-def produce_with_backoff(producer: MessageProducer, topic: str, key: bytes, value: bytes, on_delivery: Callable[..., None]) -> None:
+def produce_with_backoff(
+    producer: MessageProducer, topic: str, key: bytes | None, value: bytes | None,
+    on_delivery: Callable[..., None] | None = None,
+) -> None:
     """Produce one record; a full local queue is drained (delivery reports served), never raised."""
     while True:
         try:
