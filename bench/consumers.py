@@ -101,6 +101,7 @@ class Sampler:
     process: psutil.Process
     peak_rss: int = 0
     cpu_s: float = 0.0
+    history: list[int] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Sampler:
@@ -110,7 +111,9 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             try:
-                self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+                rss = self.process.memory_info().rss
+                self.peak_rss = max(self.peak_rss, rss)
+                self.history.append(rss)
                 times = self.process.cpu_times()
                 self.cpu_s = times.user + times.system
             except psutil.Error:
@@ -217,6 +220,30 @@ def measure_throughput(contender: Contender, bootstrap: str, backlog: str, event
     }
 
 
+def measure_soak(contender: Contender, bootstrap: str, events: list[tuple[bytes, bytes]], models: Path,
+                 log_dir: Path) -> dict[str, Any]:
+    """RSS over a long backlog: flat means the last tenth of the run sits within 10% of the second tenth
+    (the first holds imports, model load and the first fetches)."""
+    source, target = f"bench-soak-in-{uuid.uuid4().hex[:8]}", f"bench-soak-out-{uuid.uuid4().hex[:8]}"
+    for topic in (source, target):
+        ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
+    fill_topic(bootstrap, source, events)
+    process = start_contender(contender, bootstrap, source, target, models, log_dir / f"{contender.name}-soak.log")
+    sampler = Sampler(psutil.Process(process.pid)).start()
+    try:
+        records = output_timestamps(bootstrap, target, expected_outputs(contender.name, events), contender.isolation,
+                                    1800, lambda: process.poll() is None)
+    finally:
+        sampler.stop()
+        stop(process)
+    tenth = max(1, len(sampler.history) // 10)
+    early = max(sampler.history[tenth: 2 * tenth] or sampler.history)
+    late = max(sampler.history[-tenth:])
+    return {"contender": contender.name, "events": len(events), "outputs": len(records),
+            "rss_mb_second_tenth": round(early / 2**20, 1), "rss_mb_last_tenth": round(late / 2**20, 1),
+            "growth": round(late / early - 1, 4)}
+
+
 def source_ids(value: bytes) -> str:
     document = json.loads(value)
     return str(document.get("source_event_id") or document.get("event_id"))
@@ -280,6 +307,11 @@ def markdown(result: Mapping[str, Any]) -> str:
                          for r in rates)
         lines.append(f"| {name} | {c['events_per_s']:,} | {p99} | {c['peak_rss_mb']} | {c['cpu_s_per_1k_events']} |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in result["ratios"].items()]
+    if "soak" in result:
+        soak = result["soak"]
+        lines += ["", f"Memory over {soak['events']:,} events ({soak['contender']}): RSS {soak['rss_mb_second_tenth']} MB "
+                  f"in the second tenth of the run, {soak['rss_mb_last_tenth']} MB in the last: "
+                  f"{soak['growth'] * 100:+.1f}%."]
     return "\n".join(lines) + "\n"
 
 
@@ -324,6 +356,7 @@ def main() -> None:
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--models", type=Path, help="model dir (default: train into a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    parser.add_argument("--soak", type=int, default=0, help="also drain this many events, tracking RSS growth")
     parser.add_argument("--render-only", action="store_true", help="rewrite the .md and .png from the .json")
     args = parser.parse_args()
     if args.render_only:
@@ -362,6 +395,11 @@ def main() -> None:
                 results[contender.name]["latency"][str(int(rate))] = latency
                 results[contender.name]["p99_ms"][str(int(rate))] = latency["p99_ms"]
             print(f"{contender.name}: {json.dumps(results[contender.name])}", flush=True)
+        soak = None
+        if args.soak:
+            soak_events = encoded_events(args.soak // 16, seed=13)[: args.soak]
+            soak = measure_soak(available["ridestream-alo"], bootstrap, soak_events, models, work)
+            print(f"soak: {json.dumps(soak)}", flush=True)
     result = {
         "benchmark": "consumer fleet: duration scoring of synthetic ride events, one process per contender",
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -369,6 +407,7 @@ def main() -> None:
         "rates": rates,
         "contenders": results,
         "ratios": ratios(results),
+        **({"soak": soak} if soak else {}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

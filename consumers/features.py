@@ -17,13 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Self
+from zoneinfo import ZoneInfo
 
 import numpy as np
-import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from schemas.events import RideProgress, RideStarted
+
+if TYPE_CHECKING:  # only training hands in trip frames
+    import pandas as pd
 
 # Traffic follows the clock on the street, so hour and weekday are New York local time, not UTC.
 NYC_TIMEZONE = "America/New_York"
@@ -70,6 +75,7 @@ MIN_PACE_MILES = 0.1
 MAX_MINUTES_AT_PACE = 180.0
 
 _SECONDS_PER_DAY = 86_400
+_MICROS_PER_HOUR = 3_600_000_000
 # 1970-01-01 was a Thursday; with Monday = 0 (pandas' convention) day 0 of the epoch is weekday 3.
 _EPOCH_WEEKDAY = 3
 
@@ -170,15 +176,24 @@ def progress_columns_from_trips(
 # ------------------------------------------------------------------------------------ derived features
 
 
+@lru_cache(maxsize=65_536)
+def _nyc_utc_offset_s(epoch_hour: int) -> int:
+    """New York's UTC offset in seconds during the UTC hour that starts at `epoch_hour` * 3600."""
+    offset = datetime.fromtimestamp(epoch_hour * 3600, tz=UTC).astimezone(ZoneInfo(NYC_TIMEZONE)).utcoffset()
+    assert offset is not None
+    return int(offset.total_seconds())
+
+
 def local_hour_and_weekday(epoch_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """UTC epoch seconds → (hour of day as a fraction, weekday Monday=0), both in New York local time.
 
-    One vectorized tz conversion finds each instant's UTC offset (EST or EDT); the rest is integer maths.
+    New York changes its UTC offset only at whole UTC hours (2 am local is 07:00 or 06:00 UTC), so the
+    offset is looked up once per distinct UTC hour in the batch (cached) and the rest is integer maths.
     """
     micros = np.round(np.asarray(epoch_s, dtype=np.float64) * 1e6).astype(np.int64)
-    utc = pd.DatetimeIndex(micros.astype("datetime64[us]"), tz="UTC")
-    local_micros = utc.tz_convert(NYC_TIMEZONE).tz_localize(None).asi8
-    local_s = local_micros // 1_000_000
+    hours, inverse = np.unique(micros // _MICROS_PER_HOUR, return_inverse=True)
+    offsets_s = np.array([_nyc_utc_offset_s(int(hour)) for hour in hours], dtype=np.int64)
+    local_s = micros // 1_000_000 + offsets_s[inverse.reshape(-1)]
     seconds_of_day = local_s % _SECONDS_PER_DAY
     weekday = (local_s // _SECONDS_PER_DAY + _EPOCH_WEEKDAY) % 7
     return seconds_of_day / 3600.0, weekday.astype(np.float64)

@@ -26,13 +26,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
-import pandas as pd
 import sklearn
 
 from shared.errors import ModelArtifactError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MODEL_NAMES: tuple[str, ...] = ("duration", "dynamic_duration", "tip", "cost", "baseline")
 ARTIFACT_SUFFIX = ".joblib"
@@ -83,6 +85,8 @@ def artifacts_present(models_dir: Path, names: Iterable[str] = MODEL_NAMES) -> b
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> dict[str, Any]:
+    import pandas as pd  # noqa: F811  (only training fingerprints frames)
+
     """sha256 over the rows' values (row hashes of pandas, in order) plus the row count and columns."""
     row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     digest = hashlib.sha256(row_hashes.tobytes())

@@ -66,7 +66,7 @@ class RunnerConfig:
     output_topic: str
     dlq_topic: str
     batch_size: int = 500
-    batch_timeout_s: float = 0.02
+    batch_timeout_s: float = 0.01
     max_payload_bytes: int = 64 * 1024
     broker_loss_timeout_s: float = 60.0
     flush_timeout_s: float = 30.0

@@ -41,8 +41,8 @@ class ServiceSettings(BaseSettings):
     models_dir: Path = DEFAULT_MODELS_DIR
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     # How long a consume waits to fill a batch: under load batches fill at once, so this only bounds the
-    # latency added at low rates (the p99 target is 50 ms).
-    batch_timeout_s: float = Field(default=0.02, gt=0, le=60)
+    # latency added at low rates (the p99 target is 50 ms; 20 ms gave 62 ms at 5,000 events/s).
+    batch_timeout_s: float = Field(default=0.01, gt=0, le=60)
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="None: no HTTP endpoint; 0: any free port")
     metrics_host: str = "127.0.0.1"
     group_instance_id: str | None = Field(default=None, description="static membership: a stable id per instance")
