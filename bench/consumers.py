@@ -260,7 +260,7 @@ def measure_latency(contender: Contender, bootstrap: str, rate: float, seconds: 
         producer = make_producer(config)
         warmup = encoded_events(20, seed + 1000)
         fill_topic(bootstrap, source, warmup, producer=producer)  # readiness: the contender answered real input
-        alive = lambda: process.poll() is None  # noqa: E731
+        alive = lambda: process.poll() is None
         output_timestamps(bootstrap, target, expected_outputs(contender.name, warmup), contender.isolation, 120, alive)
         total = int(rate * (seconds + WARMUP_S))
         events = encoded_events(max(50, total // 16), seed)[:total]

@@ -102,10 +102,10 @@ RIDE_EVENT = TypeAdapter[RideStarted | RideProgress | RideCompleted](RideEvent)
 EVENT_TYPES: tuple[str, ...] = ("ride_started", "ride_progress", "ride_completed")
 
 __all__ = [
+    "EVENT_TYPES",
     "MAX_RIDE_SECONDS",
     "MAX_TRIP_MILES",
     "RIDE_EVENT",
-    "EVENT_TYPES",
     "RideCompleted",
     "RideEvent",
     "RideProgress",

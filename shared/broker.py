@@ -415,13 +415,13 @@ _OWNED: set[LocalKafka] = set()
 
 
 @atexit.register
-def _die_with_parent() -> None:
-    """In the JVM's child process before exec: SIGTERM it when the thread that started it dies (Linux
-    PR_SET_PDEATHSIG), so an owner killed by a signal, which skips atexit, leaves no orphan broker."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+def _die_with_parent(command: list[str]) -> list[str]:
+    """Have the JVM receive SIGTERM when the thread that started it dies (Linux PR_SET_PDEATHSIG, set by
+    util-linux's setpriv before it execs java), so an owner killed by a signal, which skips atexit, leaves
+    no orphan broker. setpriv rather than a preexec_fn: forking a threaded process into Python code can
+    deadlock. Without setpriv the JVM is still stopped by `stop()` and atexit."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 def _stop_owned() -> None:
@@ -598,10 +598,11 @@ class LocalKafka:
     def _launch(self, node: _Node) -> None:
         """Start the node's JVM in its own session, output to files (never to our pipes: it may outlive us)."""
         command = self._java_command(node, JVM_OPTIONS, "kafka.Kafka", str(node.directory / "server.properties"))
+        if not getattr(self, "_detached", True):
+            command = _die_with_parent(command)
         with node.jvm_out_path.open("ab") as out:
             popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=node.directory, start_new_session=True,
-                                     preexec_fn=None if getattr(self, "_detached", True) else _die_with_parent)
+                                     cwd=node.directory, start_new_session=True)
         try:
             started_at = psutil.Process(popen.pid).create_time()
         except psutil.Error:

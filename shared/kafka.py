@@ -10,7 +10,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from shared.errors import KafkaUnavailableError
@@ -18,17 +26,17 @@ from shared.errors import KafkaUnavailableError
 __all__ = [
     "OFFSET_BEGINNING",
     "Consumer",
+    "DeliveryCallback",
     "KafkaError",
     "KafkaException",
     "Message",
+    "MessageProducer",
     "Producer",
     "TopicPartition",
-    "DeliveryCallback",
-    "MessageProducer",
     "cluster_node_count",
     "ensure_topic",
-    "make_producer",
     "make_consumer",
+    "make_producer",
     "partition_count",
     "wait_for_cluster",
 ]

@@ -85,7 +85,7 @@ def artifacts_present(models_dir: Path, names: Iterable[str] = MODEL_NAMES) -> b
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> dict[str, Any]:
-    import pandas as pd  # noqa: F811  (only training fingerprints frames)
+    import pandas as pd
 
     """sha256 over the rows' values (row hashes of pandas, in order) plus the row count and columns."""
     row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()

@@ -8,7 +8,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from shared.fleet import ServiceProcess, running_fleet, start_service, stop_serv
 from shared.kafka import make_producer
 from shared.serde import encode
 from tests.factories import ride_started
-from tests.integration.topics import Record, drain, ridestream
+from tests.integration.topics import drain, ridestream
 
 FleetTopics = dict[str, dict[str, str]]
 

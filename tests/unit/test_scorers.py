@@ -180,8 +180,8 @@ def test_a_scorer_refuses_to_load_a_damaged_artifact(models_dir: Path, tmp_path:
 
 def test_every_prediction_a_scorer_builds_is_valid_under_the_contract(models_dir: Path) -> None:
     """A whole synthetic replay scores without failures, and every prediction survives a JSON round trip."""
-    from shared.synthetic import synthesize_trips
     from producer.source import ride_events
+    from shared.synthetic import synthesize_trips
 
     events = [e for e in ride_events(synthesize_trips(200, seed=9).trips, 120.0) if e.event_type != "ride_completed"]
     produced_at = datetime.now(UTC)
