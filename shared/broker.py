@@ -414,7 +414,6 @@ def _failure_excerpt(node: _Node) -> str:
 _OWNED: set[LocalKafka] = set()
 
 
-@atexit.register
 def _die_with_parent(command: list[str]) -> list[str]:
     """Have the JVM receive SIGTERM when the thread that started it dies (Linux PR_SET_PDEATHSIG, set by
     util-linux's setpriv before it execs java), so an owner killed by a signal, which skips atexit, leaves
@@ -424,6 +423,7 @@ def _die_with_parent(command: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
+@atexit.register
 def _stop_owned() -> None:
     """JVMs run in their own session (a Ctrl+C reaches Python, not them): stop them when Python exits."""
     for kafka in list(_OWNED):
