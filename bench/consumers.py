@@ -37,9 +37,15 @@ from typing import Any
 import psutil
 
 from bench.quix_contender import quix_available, quix_command
-from producer.publisher import produce_with_backoff
 from producer.source import ride_events
-from shared.kafka import OFFSET_BEGINNING, TopicPartition, ensure_topic, make_consumer, make_producer
+from shared.kafka import (
+    OFFSET_BEGINNING,
+    TopicPartition,
+    ensure_topic,
+    make_consumer,
+    make_producer,
+    produce_with_backoff,
+)
 from shared.serde import encode
 from shared.synthetic import synthesize_trips
 

@@ -28,11 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from producer.publisher import produce_with_backoff
 from producer.source import ride_events
 from shared.broker import LocalKafka
 from shared.fleet import ServiceProcess, start_service, stop_service, wait_ready
-from shared.kafka import ensure_topic, make_consumer, make_producer
+from shared.kafka import ensure_topic, make_consumer, make_producer, produce_with_backoff
 from shared.serde import encode
 from shared.synthetic import synthesize_trips
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, cast
 
-from shared.dead_letter import dead_letter_for
 from shared.kafka import Message
-from shared.runner import Scorer, plan_batch
+from shared.runner import Scorer, score_batch
 from shared.serde import encode
 
 
@@ -68,17 +67,12 @@ class PeerOutput:
 
 def score_record(record: PeerRecord, scorer: Scorer, service: str, max_payload: int) -> PeerOutput | None:
     """Decode, validate and score one record exactly as ridestream's runner would inside a batch."""
-    message = cast(Message, record)  # plan_batch and dead_letter_for only call PeerRecord's accessors
-    plan = plan_batch([message], scorer.scored_event_types, service, max_payload)
+    message = cast(Message, record)  # score_batch and the dead letters only call PeerRecord's accessors
+    plan, predictions = score_batch([message], scorer, service, max_payload, datetime.now(UTC))
     if plan.dead_letters:
         letter = plan.dead_letters[0]
         return PeerOutput("dead_letter", letter.key, letter.value, letter.headers)
-    if not plan.to_score:
+    if not predictions:
         return None  # a valid event of a type this service does not score (ride_completed for duration)
-    result = scorer.score(plan.to_score, datetime.now(UTC))
-    if result.failures:
-        _event, reason = result.failures[0]
-        letter = dead_letter_for(message, "unscoreable", reason, service)
-        return PeerOutput("dead_letter", letter.key, letter.value, letter.headers)
-    prediction = result.predictions[0]
+    prediction = predictions[0]
     return PeerOutput("prediction", prediction.ride_id.encode(), encode(prediction), [])

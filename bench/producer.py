@@ -20,9 +20,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from producer.publisher import produce_with_backoff, publish_rides
+from producer.publisher import publish_rides
 from producer.source import ride_events
-from shared.kafka import ensure_topic, make_producer
+from shared.kafka import ensure_topic, make_producer, produce_with_backoff
 from shared.serde import encode
 from shared.synthetic import synthesize_trips
 from shared.trips import read_trips

@@ -12,11 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shared.kafka import KafkaError, Message, MessageProducer
+from shared.kafka import KafkaError, Message, MessageProducer, produce_with_backoff
 from shared.serde import RideEventModel, encode
 
-# When librdkafka's local queue is full, serve delivery reports for this long before retrying the produce.
-QUEUE_FULL_BACKOFF_S = 0.05
 FLUSH_TIMEOUT_S = 60.0
 
 DelayBefore = Callable[[datetime, float], float]
@@ -59,19 +57,6 @@ class DeliveryTracker:
         self.summary.failed += 1
         if self.summary.first_error is None:
             self.summary.first_error = str(error)
-
-
-def produce_with_backoff(
-    producer: MessageProducer, topic: str, key: bytes | None, value: bytes | None,
-    on_delivery: Callable[..., None] | None = None,
-) -> None:
-    """Produce one record; a full local queue is drained (delivery reports served), never raised."""
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(QUEUE_FULL_BACKOFF_S)
 
 
 def publish_rides(

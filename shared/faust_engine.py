@@ -46,11 +46,10 @@ from faust.types import StreamT, TopicT
 from faust.types.auth import CredentialsT
 from faust.types.tuples import Message as FaustMessage
 
-from shared.dead_letter import dead_letter_for
 from shared.errors import ConfigError
 from shared.kafka import Message, ensure_topic, wait_for_cluster
 from shared.metrics import ServiceMetrics, serve_metrics
-from shared.runner import RunnerConfig, RunStats, Scorer, plan_batch
+from shared.runner import RunnerConfig, RunStats, Scorer, record_batch, score_batch
 from shared.serde import encode
 from shared.service import ServiceSettings
 from shared.settings import KafkaSettings
@@ -119,31 +118,13 @@ class ScoringStep:
 
     def process(self, messages: Sequence[FaustMessage]) -> list[Output]:
         started = time.monotonic()
-        # plan_batch and dead_letter_for only call the accessors FaustRecord provides (duck typing).
+        # score_batch and the dead letters only call the accessors FaustRecord provides (duck typing).
         records = cast(Sequence[Message], [FaustRecord(m) for m in messages])
-        plan = plan_batch(records, self.scorer.scored_event_types, self.config.service, self.config.max_payload_bytes)
-        result = self.scorer.score(plan.to_score, datetime.now(UTC))
-        source_of = {id(event): record for event, record in zip(plan.to_score, plan.sources)}
-        for event, reason in result.failures:
-            plan.dead_letters.append(dead_letter_for(source_of[id(event)], "unscoreable", reason, self.config.service))
-            plan.dead_reasons.append("unscoreable")
-        outputs = [Output(self.config.output_topic, p.ride_id.encode(), encode(p), None) for p in result.predictions]
+        plan, predictions = score_batch(records, self.scorer, self.config.service, self.config.max_payload_bytes,
+                                        datetime.now(UTC))
+        outputs = [Output(self.config.output_topic, p.ride_id.encode(), encode(p), None) for p in predictions]
         outputs += [Output(self.config.dlq_topic, d.key, d.value, d.headers) for d in plan.dead_letters]
-
-        now_ms = time.time() * 1000
-        latencies = [max(0.0, (now_ms - m.timestamp()[1]) / 1000) for m in plan.sources if m.timestamp()[1] > 0]
-        for event_type in plan.event_types:
-            self.metrics.on_event(event_type)
-        for event_type in plan.ignored:
-            self.metrics.on_ignored(event_type)
-        for reason in plan.dead_reasons:
-            self.metrics.on_dead_letter(reason)
-        self.metrics.on_batch(len(messages), time.monotonic() - started, len(result.predictions), latencies)
-        self.stats.consumed += len(messages)
-        self.stats.predictions += len(result.predictions)
-        self.stats.dead_lettered += len(plan.dead_letters)
-        self.stats.ignored += len(plan.ignored)
-        self.stats.batches += 1
+        record_batch(self.metrics, self.stats, plan, len(messages), len(predictions), time.monotonic() - started)
         self.last_record = time.monotonic()
         return outputs
 

@@ -38,6 +38,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "partition_count",
+    "produce_with_backoff",
     "wait_for_cluster",
 ]
 
@@ -59,6 +60,23 @@ class MessageProducer(Protocol):
     def poll(self, timeout: float = ...) -> int: ...
 
     def flush(self, timeout: float = ...) -> int: ...
+
+
+# When librdkafka's local queue is full, serve delivery reports for this long before retrying the produce.
+QUEUE_FULL_BACKOFF_S = 0.05
+
+
+def produce_with_backoff(
+    producer: MessageProducer, topic: str, key: bytes | None, value: bytes | None,
+    on_delivery: DeliveryCallback | None = None, headers: Sequence[tuple[str, bytes]] | None = None,
+) -> None:
+    """Produce one record; a full local queue is drained (delivery reports served), never raised."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery, headers=headers)
+            return
+        except BufferError:
+            producer.poll(QUEUE_FULL_BACKOFF_S)
 
 
 def _admin(client_config: Mapping[str, str]) -> AdminClient:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from shared.dead_letter import DeadLetter, dead_letter_for
 from shared.errors import KafkaUnavailableError
 from shared.guarantees import AtLeastOnce, DeliveryLedger, ExactlyOnce
-from shared.kafka import KafkaError, KafkaException, Message, TopicPartition
+from shared.kafka import KafkaError, KafkaException, Message, TopicPartition, produce_with_backoff
 from shared.metrics import ServiceMetrics
 from shared.serde import Rejected, RideEventModel, decode_event, encode
 
@@ -143,6 +143,43 @@ def plan_batch(messages: Sequence[Message], scored_types: frozenset[str], servic
     return plan
 
 
+def score_batch(
+    messages: Sequence[Message], scorer: Scorer, service: str, max_payload: int, produced_at: datetime
+) -> tuple[BatchPlan, Sequence[Any]]:
+    """Decode a micro-batch, score its valid events with one call, and add the rows the model could not
+    score to the plan's dead letters. Returns the plan and the predictions. Every engine (this runner, the
+    Faust agents, the benchmark's peers) goes through here, so what is scored or refused, and why, is
+    decided in one place."""
+    plan = plan_batch(messages, scorer.scored_event_types, service, max_payload)
+    result = scorer.score(plan.to_score, produced_at)
+    source_of = {id(event): message for event, message in zip(plan.to_score, plan.sources)}
+    for event, reason in result.failures:
+        plan.dead_letters.append(dead_letter_for(source_of[id(event)], "unscoreable", reason, service))
+        plan.dead_reasons.append("unscoreable")
+    return plan, result.predictions
+
+
+def record_batch(
+    metrics: ServiceMetrics, stats: RunStats, plan: BatchPlan, consumed: int, predictions: int, seconds: float
+) -> None:
+    """Metrics and run counters of one processed batch."""
+    now_ms = time.time() * 1000
+    latencies = [max(0.0, (now_ms - m.timestamp()[1]) / 1000) for m in plan.sources if m.timestamp()[1] > 0]
+    # One counter update per kind and batch: a labelled counter costs microseconds per call.
+    for event_type, count in Counter(plan.event_types).items():
+        metrics.on_event(event_type, count)
+    for event_type, count in Counter(plan.ignored).items():
+        metrics.on_ignored(event_type, count)
+    for reason, count in Counter(plan.dead_reasons).items():
+        metrics.on_dead_letter(reason, count)
+    metrics.on_batch(consumed, seconds, predictions, latencies)
+    stats.consumed += consumed
+    stats.predictions += predictions
+    stats.dead_lettered += len(plan.dead_letters)
+    stats.ignored += len(plan.ignored)
+    stats.batches += 1
+
+
 def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     """The offsets to commit after `messages`: per partition, one past the highest offset seen."""
     highest: dict[tuple[str, int], int] = {}
@@ -244,16 +281,12 @@ class ServiceRunner:
         """
         started = time.monotonic()
         self.committer.begin()
-        plan = plan_batch(messages, self.scorer.scored_event_types, self.config.service, self.config.max_payload_bytes)
-        result = self.scorer.score(plan.to_score, datetime.now(UTC))
-        source_of = {id(event): message for event, message in zip(plan.to_score, plan.sources)}
-        for event, reason in result.failures:
-            plan.dead_letters.append(dead_letter_for(source_of[id(event)], "unscoreable", reason, self.config.service))
-            plan.dead_reasons.append("unscoreable")
+        plan, predictions = score_batch(messages, self.scorer, self.config.service, self.config.max_payload_bytes,
+                                        datetime.now(UTC))
         ledger = DeliveryLedger()
-        self.produce_outputs(result.predictions, plan.dead_letters, ledger)
+        self.produce_outputs(predictions, plan.dead_letters, ledger)
         self.committer.complete(next_offsets(messages), ledger, self.config.service, len(messages))
-        self.record(plan, messages, result.predictions, time.monotonic() - started)
+        record_batch(self.metrics, self.stats, plan, len(messages), len(predictions), time.monotonic() - started)
 
     def produce_outputs(self, predictions: Sequence[Any], dead_letters: Sequence[DeadLetter], ledger: DeliveryLedger) -> None:
         for prediction in predictions:
@@ -264,29 +297,7 @@ class ServiceRunner:
             self.produce(self.config.dlq_topic, letter.key, letter.value, letter.headers, ledger)
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, ledger: DeliveryLedger) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=ledger.on_delivery)
-                return
-            except BufferError:
-                self.producer.poll(0.05)  # queue full: serve delivery reports, then retry
-
-    def record(self, plan: BatchPlan, messages: Sequence[Message], predictions: Sequence[Any], seconds: float) -> None:
-        now_ms = time.time() * 1000
-        latencies = [max(0.0, (now_ms - m.timestamp()[1]) / 1000) for m in plan.sources if m.timestamp()[1] > 0]
-        # One counter update per kind and batch: a labelled counter costs microseconds per call.
-        for event_type, count in Counter(plan.event_types).items():
-            self.metrics.on_event(event_type, count)
-        for event_type, count in Counter(plan.ignored).items():
-            self.metrics.on_ignored(event_type, count)
-        for reason, count in Counter(plan.dead_reasons).items():
-            self.metrics.on_dead_letter(reason, count)
-        self.metrics.on_batch(len(messages), seconds, len(predictions), latencies)
-        self.stats.consumed += len(messages)
-        self.stats.predictions += len(predictions)
-        self.stats.dead_lettered += len(plan.dead_letters)
-        self.stats.ignored += len(plan.ignored)
-        self.stats.batches += 1
+        produce_with_backoff(self.producer, topic, key, value, ledger.on_delivery, headers)
 
     def report_lag(self) -> None:
         if time.monotonic() - self._last_lag < self.config.lag_interval_s:
