@@ -19,7 +19,6 @@ from typing import Literal, cast
 
 from shared.kafka import Message
 from shared.runner import Scorer, score_batch
-from shared.serde import encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,4 +74,4 @@ def score_record(record: PeerRecord, scorer: Scorer, service: str, max_payload: 
     if not predictions:
         return None  # a valid event of a type this service does not score (ride_completed for duration)
     prediction = predictions[0]
-    return PeerOutput("prediction", prediction.ride_id.encode(), encode(prediction), [])
+    return PeerOutput("prediction", prediction.key, prediction.value, [])

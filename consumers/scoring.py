@@ -4,8 +4,12 @@ A scorer turns one micro-batch of validated events into predictions with one `pr
 Rows whose prediction is not a finite number become failures (the runner dead-letters them as
 "unscoreable"); the rest of the batch is still scored.
 
-Predictions are built through their validating constructors: with pydantic 2 that costs 2.4 µs each, less
-than `model_construct` (3.7 µs), so the contract is checked on the way out for free.
+Predictions leave a scorer already encoded (`EncodedPrediction`): the contract's fields, in the contract's
+order, serialised by pydantic-core's JSON encoder, byte for byte what the contract model would write. Building
+the model first cost 4.4 µs per prediction (its validators re-checking what the scorer has just checked: ids
+that came from a validated event, a finite non-negative number), this costs 1.3 µs; at ~90% of events that
+was ~12% of a service's CPU. tests/unit/test_scorers.py decodes every output of every scorer with the
+contract model and re-encodes it to the same bytes, so the contract stays the one definition of the wire.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic_core import to_json
 from threadpoolctl import ThreadpoolController
 
+from schemas.base import SCHEMA_VERSION
 from schemas.events import RideCompleted, RideProgress, RideStarted
 from schemas.predictions import CostPrediction, DurationPrediction, TipPrediction
 
@@ -42,9 +49,45 @@ class Predictor(Protocol):
     def predict(self, X: np.ndarray) -> Any: ...
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedPrediction:
+    """One prediction as it goes on the wire: keyed by its ride, valued by the contract's JSON."""
+
+    ride_id: str
+    key: bytes
+    value: bytes
+    contract: type[Prediction]
+
+    def decoded(self) -> Prediction:
+        """The contract model, validated from the bytes (for tests and tools; the hot path never needs it)."""
+        return self.contract.model_validate_json(self.value)
+
+
+# Each contract's `prediction_type` discriminator, read from the models so it is defined once.
+PREDICTION_TYPES: dict[type[Prediction], str] = {
+    contract: contract.model_fields["prediction_type"].default
+    for contract in (DurationPrediction, TipPrediction, CostPrediction)
+}
+
+
+def encode_prediction(
+    contract: type[Prediction], event: Event, model_name: str, model_version: str, produced_at: datetime,
+    **values: float,
+) -> EncodedPrediction:
+    """The prediction of `event` as `contract` serialises it: the common fields in the contract's order,
+    then `values` (the contract's own fields, passed in its order)."""
+    fields = {
+        "schema_version": SCHEMA_VERSION, "ride_id": event.ride_id, "source_event_id": event.event_id,
+        "source_event_type": event.event_type, "source_event_time": event.event_time, "model_name": model_name,
+        "model_version": model_version, "produced_at": produced_at, "prediction_type": PREDICTION_TYPES[contract],
+        **values,
+    }
+    return EncodedPrediction(event.ride_id, event.ride_id.encode(), to_json(fields), contract)
+
+
 @dataclass
 class ScoreResult:
-    predictions: list[Prediction] = field(default_factory=list)
+    predictions: list[EncodedPrediction] = field(default_factory=list)
     failures: list[tuple[Event, str]] = field(default_factory=list)
 
 
@@ -95,7 +138,8 @@ def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -
 
 
 def record_outcome(
-    result: ScoreResult, event: Event, value: float, model_name: str, build: Callable[[Event, float], Prediction]
+    result: ScoreResult, event: Event, value: float, model_name: str,
+    build: Callable[[Event, float], EncodedPrediction],
 ) -> None:
     """Append the event's prediction, or its failure when the model's number is not finite."""
     if math.isfinite(value):

@@ -50,7 +50,6 @@ from shared.errors import ConfigError
 from shared.kafka import Message, ensure_topic, wait_for_cluster
 from shared.metrics import ServiceMetrics, serve_metrics
 from shared.runner import RunnerConfig, RunStats, Scorer, record_batch, score_batch
-from shared.serde import encode
 from shared.service import ServiceSettings
 from shared.settings import KafkaSettings
 
@@ -122,7 +121,7 @@ class ScoringStep:
         records = cast(Sequence[Message], [FaustRecord(m) for m in messages])
         plan, predictions = score_batch(records, self.scorer, self.config.service, self.config.max_payload_bytes,
                                         datetime.now(UTC))
-        outputs = [Output(self.config.output_topic, p.ride_id.encode(), encode(p), None) for p in predictions]
+        outputs = [Output(self.config.output_topic, p.key, p.value, None) for p in predictions]
         outputs += [Output(self.config.dlq_topic, d.key, d.value, d.headers) for d in plan.dead_letters]
         record_batch(self.metrics, self.stats, plan, len(messages), len(predictions), time.monotonic() - started)
         self.last_record = time.monotonic()

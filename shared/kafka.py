@@ -158,6 +158,7 @@ def make_producer(client_config: Mapping[str, str], overrides: Mapping[str, Any]
         # A few ms of linger lets librdkafka build real batches: the main lever for throughput.
         "linger.ms": 5,
         "compression.type": "lz4",
+        "socket.nagle.disable": True,
     }
     config.update(overrides or {})
     return Producer(config)
@@ -176,6 +177,11 @@ def make_consumer(client_config: Mapping[str, str], group_id: str, overrides: Ma
         # service's RSS (312 MB peak draining a backlog); 2 MB (~6k ride events, six batches ahead) gave
         # 266 MB at the same throughput.
         "queued.max.messages.kbytes": 2048,
+        # ...but a full prefetch queue then parks the partition's fetcher for fetch.queue.backoff.ms, 1 s by
+        # default: the consumer drained its 2 MB and waited. 10 ms re-checks the queue as fast as it drains
+        # (the passthrough went from 40k to 112k events/s).
+        "fetch.queue.backoff.ms": 10,
+        "socket.nagle.disable": True,
     }
     config.update(overrides or {})
     return Consumer(config)

@@ -24,7 +24,7 @@ from shared.errors import KafkaUnavailableError
 from shared.guarantees import AtLeastOnce, DeliveryLedger, ExactlyOnce
 from shared.kafka import KafkaError, KafkaException, Message, TopicPartition, produce_with_backoff
 from shared.metrics import ServiceMetrics
-from shared.serde import Rejected, RideEventModel, decode_event, encode
+from shared.serde import Rejected, RideEventModel, decode_event
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,20 @@ class BatchProducer(Protocol):
     def flush(self, timeout: float = ...) -> int: ...
 
 
+class EncodedOutput(Protocol):
+    """A scorer's prediction, already encoded (consumers.scoring.EncodedPrediction)."""
+
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def value(self) -> bytes: ...
+
+
 class ScoreResultLike(Protocol):
-    predictions: Sequence[Any]
-    failures: Sequence[tuple[Any, str]]
+    @property
+    def predictions(self) -> Sequence[EncodedOutput]: ...
+    @property
+    def failures(self) -> Sequence[tuple[Any, str]]: ...
 
 
 class Scorer(Protocol):
@@ -145,7 +156,7 @@ def plan_batch(messages: Sequence[Message], scored_types: frozenset[str], servic
 
 def score_batch(
     messages: Sequence[Message], scorer: Scorer, service: str, max_payload: int, produced_at: datetime
-) -> tuple[BatchPlan, Sequence[Any]]:
+) -> tuple[BatchPlan, Sequence[EncodedOutput]]:
     """Decode a micro-batch, score its valid events with one call, and add the rows the model could not
     score to the plan's dead letters. Returns the plan and the predictions. Every engine (this runner, the
     Faust agents, the benchmark's peers) goes through here, so what is scored or refused, and why, is
@@ -288,10 +299,10 @@ class ServiceRunner:
         self.committer.complete(next_offsets(messages), ledger, self.config.service, len(messages))
         record_batch(self.metrics, self.stats, plan, len(messages), len(predictions), time.monotonic() - started)
 
-    def produce_outputs(self, predictions: Sequence[Any], dead_letters: Sequence[DeadLetter], ledger: DeliveryLedger) -> None:
+    def produce_outputs(self, predictions: Sequence[EncodedOutput], dead_letters: Sequence[DeadLetter], ledger: DeliveryLedger) -> None:
         for prediction in predictions:
             ledger.expect()
-            self.produce(self.config.output_topic, prediction.ride_id.encode(), encode(prediction), None, ledger)
+            self.produce(self.config.output_topic, prediction.key, prediction.value, None, ledger)
         for letter in dead_letters:
             ledger.expect()
             self.produce(self.config.dlq_topic, letter.key, letter.value, letter.headers, ledger)

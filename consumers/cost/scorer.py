@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from consumers.features import START_FEATURES, start_columns_from_events, start_features
-from consumers.scoring import Event, Predictor, ScoreResult, not_scored_failures, predict_rows, record_outcome
+from consumers.scoring import (
+    EncodedPrediction,
+    Event,
+    Predictor,
+    ScoreResult,
+    encode_prediction,
+    not_scored_failures,
+    predict_rows,
+    record_outcome,
+)
 from schemas.events import RideStarted
 from schemas.predictions import CostPrediction
 from shared.models import load_model
@@ -33,12 +42,9 @@ class CostScorer:
         # np.maximum keeps NaN, so a broken row is still reported rather than clipped to 0.
         totals = np.maximum(predict_rows(self.model, start_features(start_columns_from_events(started))), 0.0)
 
-        def prediction(event: Event, total: float) -> CostPrediction:
-            return CostPrediction(
-                ride_id=event.ride_id, source_event_id=event.event_id, source_event_type="ride_started",
-                source_event_time=event.event_time, model_name=self.model_name, model_version=self.model_version,
-                produced_at=produced_at, predicted_total_usd=total,
-            )
+        def prediction(event: Event, total: float) -> EncodedPrediction:
+            return encode_prediction(CostPrediction, event, self.model_name, self.model_version, produced_at,
+                                     predicted_total_usd=total)
 
         for event, total in zip(started, totals.tolist()):
             record_outcome(result, event, total, self.model_name, prediction)

@@ -23,7 +23,16 @@ from consumers.features import (
     start_columns_from_events,
     start_features,
 )
-from consumers.scoring import Event, Predictor, ScoreResult, not_scored_failures, predict_rows, record_outcome
+from consumers.scoring import (
+    EncodedPrediction,
+    Event,
+    Predictor,
+    ScoreResult,
+    encode_prediction,
+    not_scored_failures,
+    predict_rows,
+    record_outcome,
+)
 from schemas.events import RideProgress, RideStarted
 from schemas.predictions import DurationPrediction
 from shared.models import load_model
@@ -52,20 +61,17 @@ class TripDurationScorer:
         totals = np.maximum(predict_rows(self.start_model, start_features(start_columns_from_events(started))), 0.0)
         left = np.maximum(predict_rows(self.progress_model, progress_features(progress_columns_from_events(progress))), 0.0)
 
-        def start_prediction(event: Event, minutes: float) -> DurationPrediction:
-            return DurationPrediction(
-                ride_id=event.ride_id, source_event_id=event.event_id, source_event_type="ride_started",
-                source_event_time=event.event_time, model_name=START_MODEL, model_version=self.start_version,
-                produced_at=produced_at, predicted_duration_minutes=minutes, predicted_remaining_minutes=minutes,
-                elapsed_seconds=0.0,
+        def start_prediction(event: Event, minutes: float) -> EncodedPrediction:
+            return encode_prediction(
+                DurationPrediction, event, START_MODEL, self.start_version, produced_at,
+                predicted_duration_minutes=minutes, predicted_remaining_minutes=minutes, elapsed_seconds=0.0,
             )
 
-        def progress_prediction(event: Event, minutes_left: float) -> DurationPrediction:
+        def progress_prediction(event: Event, minutes_left: float) -> EncodedPrediction:
             assert isinstance(event, RideProgress)
-            return DurationPrediction(
-                ride_id=event.ride_id, source_event_id=event.event_id, source_event_type="ride_progress",
-                source_event_time=event.event_time, model_name=PROGRESS_MODEL, model_version=self.progress_version,
-                produced_at=produced_at, predicted_duration_minutes=event.elapsed_seconds / 60.0 + minutes_left,
+            return encode_prediction(
+                DurationPrediction, event, PROGRESS_MODEL, self.progress_version, produced_at,
+                predicted_duration_minutes=event.elapsed_seconds / 60.0 + minutes_left,
                 predicted_remaining_minutes=minutes_left, elapsed_seconds=event.elapsed_seconds,
             )
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from consumers.features import START_FEATURES, start_columns_from_events, start_features
 from consumers.scoring import (
+    EncodedPrediction,
     Event,
     Predictor,
     ScoreResult,
+    encode_prediction,
     not_scored_failures,
     predict_rows,
     record_outcome,
@@ -39,12 +41,9 @@ class TipScorer:
         columns = start_columns_from_events(started)
         tips = tip_where_recorded(predict_rows(self.model, start_features(columns)), columns.payment_type)
 
-        def prediction(event: Event, tip: float) -> TipPrediction:
-            return TipPrediction(
-                ride_id=event.ride_id, source_event_id=event.event_id, source_event_type="ride_started",
-                source_event_time=event.event_time, model_name=self.model_name, model_version=self.model_version,
-                produced_at=produced_at, predicted_tip_usd=tip,
-            )
+        def prediction(event: Event, tip: float) -> EncodedPrediction:
+            return encode_prediction(TipPrediction, event, self.model_name, self.model_version, produced_at,
+                                     predicted_tip_usd=tip)
 
         for event, tip in zip(started, tips.tolist()):
             record_outcome(result, event, tip, self.model_name, prediction)

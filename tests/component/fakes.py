@@ -134,6 +134,7 @@ class EchoScorer:
     calls: int = 0
 
     def score(self, events: Sequence[Any], produced_at: datetime) -> ScoreResult:
+        from consumers.scoring import encode_prediction
         from schemas.predictions import TipPrediction
 
         self.calls += 1
@@ -142,11 +143,8 @@ class EchoScorer:
             if event.ride_id.startswith("nan"):
                 failures.append((event, "model returned NaN"))
                 continue
-            predictions.append(TipPrediction(
-                ride_id=event.ride_id, source_event_id=event.event_id, source_event_type=event.event_type,
-                source_event_time=event.event_time, model_name=self.model_name, model_version=self.model_version,
-                produced_at=produced_at, predicted_tip_usd=1.0,
-            ))
+            predictions.append(encode_prediction(TipPrediction, event, self.model_name, self.model_version,
+                                                 produced_at, predicted_tip_usd=1.0))
         return ScoreResult(predictions, failures)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from consumers.training import train_models
 from schemas.events import RideProgress, RideStarted
 from shared.errors import ModelArtifactError
 from shared.models import artifact_path
+from shared.serde import encode
 from shared.synthetic import synthesize_trips
 from tests.factories import PICKUP, ride_progress, ride_started
 
@@ -54,6 +56,11 @@ def started_batch(count: int) -> list[RideStarted]:
     ]
 
 
+def decoded(result: ScoreResult) -> list[Any]:
+    """What a downstream consumer reads: every output validated by its contract model."""
+    return [prediction.decoded() for prediction in result.predictions]
+
+
 def assert_traces_its_event(prediction: object, event: RideStarted | RideProgress, model: str, version: str) -> None:
     assert prediction.ride_id == event.ride_id  # type: ignore[attr-defined]
     assert prediction.source_event_id == event.event_id  # type: ignore[attr-defined]
@@ -68,12 +75,13 @@ def test_tip_scorer_predicts_once_per_ride_started_and_nothing_recorded_for_cash
     events = started_batch(200)
     result = scorer.score(events, PRODUCED_AT)
     assert result.failures == [] and len(result.predictions) == len(events)
-    for prediction, event in zip(result.predictions, events):
+    predictions = decoded(result)
+    for prediction, event in zip(predictions, events):
         assert_traces_its_event(prediction, event, "tip", version_of(models_dir, "tip"))
         assert prediction.predicted_tip_usd >= 0
         if event.payment_type == 2:
             assert prediction.predicted_tip_usd == 0.0
-    assert max(p.predicted_tip_usd for p in result.predictions) > 0
+    assert max(p.predicted_tip_usd for p in predictions) > 0
     assert scorer.model_version == version_of(models_dir, "tip") and scorer.scored_event_types == {"ride_started"}
 
 
@@ -82,12 +90,13 @@ def test_cost_scorer_predicts_a_non_negative_total_per_ride_started(models_dir: 
     events = started_batch(200)
     result = scorer.score(events, PRODUCED_AT)
     assert result.failures == [] and len(result.predictions) == len(events)
-    for prediction, event in zip(result.predictions, events):
+    predictions = decoded(result)
+    for prediction, event in zip(predictions, events):
         assert_traces_its_event(prediction, event, "cost", version_of(models_dir, "cost"))
         assert prediction.predicted_total_usd >= 0
     longest = max(range(len(events)), key=lambda i: events[i].trip_distance_miles)
     shortest = min(range(len(events)), key=lambda i: events[i].trip_distance_miles)
-    assert result.predictions[longest].predicted_total_usd > result.predictions[shortest].predicted_total_usd
+    assert predictions[longest].predicted_total_usd > predictions[shortest].predicted_total_usd
 
 
 def test_duration_scorer_uses_the_start_model_then_the_dynamic_model_in_event_order(models_dir: Path) -> None:
@@ -101,7 +110,7 @@ def test_duration_scorer_uses_the_start_model_then_the_dynamic_model_in_event_or
     result = scorer.score(events, PRODUCED_AT)
 
     assert result.failures == [] and len(result.predictions) == len(events)
-    for prediction, event in zip(result.predictions, events):  # one per event, in the events' order
+    for prediction, event in zip(decoded(result), events):  # one per event, in the events' order
         if isinstance(event, RideStarted):
             assert_traces_its_event(prediction, event, "duration", start_version)
             assert prediction.elapsed_seconds == 0.0
@@ -120,7 +129,7 @@ def test_the_dynamic_model_expects_less_time_left_near_the_end_of_the_ride(model
     scorer = load_duration(models_dir)
     early = ride_progress("r-1", elapsed_s=120.0, covered=0.5, trip_distance_miles=5.0)
     late = ride_progress("r-1", elapsed_s=1200.0, covered=4.9, trip_distance_miles=5.0)
-    first, second = scorer.score([early, late], PRODUCED_AT).predictions
+    first, second = decoded(scorer.score([early, late], PRODUCED_AT))
     assert second.predicted_remaining_minutes < first.predicted_remaining_minutes
 
 
@@ -178,8 +187,9 @@ def test_a_scorer_refuses_to_load_a_damaged_artifact(models_dir: Path, tmp_path:
     load_tip(damaged)  # the other services' artifacts are untouched
 
 
-def test_every_prediction_a_scorer_builds_is_valid_under_the_contract(models_dir: Path) -> None:
-    """A whole synthetic replay scores without failures, and every prediction survives a JSON round trip."""
+def test_every_prediction_a_scorer_encodes_is_what_the_contract_model_would_write(models_dir: Path) -> None:
+    """A whole synthetic replay scores without failures; every output validates as its contract model, which
+    re-encodes it to the very same bytes (same fields, order and formatting), and is keyed by its ride."""
     from producer.source import ride_events
     from shared.synthetic import synthesize_trips
 
@@ -190,4 +200,6 @@ def test_every_prediction_a_scorer_builds_is_valid_under_the_contract(models_dir
         result = scorer.score(scored, produced_at)
         assert len(result.predictions) == len(scored) and not result.failures
         for prediction in result.predictions:
-            assert type(prediction).model_validate_json(prediction.model_dump_json()) == prediction
+            model = prediction.decoded()
+            assert encode(model) == prediction.value
+            assert prediction.key == model.ride_id.encode() == prediction.ride_id.encode()
