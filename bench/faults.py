@@ -273,7 +273,7 @@ def run_fault(fault: str, mode: str, models: Path, work: Path, rides: int = 1500
         for topic in (source, target, dlq):
             ensure_topic(config, topic, 6)
         env = {"INPUT_TOPIC": source, "OUTPUT_TOPIC": target, "DLQ_TOPIC": dlq, "GROUP_ID": f"faults-{suffix}",
-               "PROCESSING_GUARANTEE": mode, "BROKER_LOSS_TIMEOUT_S": "120", "TRANSACTION_INTERVAL_S": "0.1",
+               "PROCESSING_GUARANTEE": mode, "BROKER_LOSS_TIMEOUT_S": "120", "COMMIT_INTERVAL_S": "0.1",
                "SESSION_TIMEOUT_S": SESSION_TIMEOUT_S}
         fleet = Fleet(bootstrap, models, work / f"logs-{fault}-{mode}", env)
         stack.callback(fleet.stop_all)

@@ -1,9 +1,11 @@
-"""The client's ceiling: consume a batch → produce the same bytes → flush → commit, no decoding, no model.
+"""The client's ceiling: consume a batch → produce the same bytes → commit, no decoding, no model.
 
     python -m bench.passthrough --bootstrap-servers B --input T --output O --group G [--max-messages N]
 
-Same client settings and batch shape as a ridestream service (shared/kafka.py factories), so the ratio of a
-service to this process isolates what ridestream adds: decoding, validation, scoring, encoding.
+Same client settings, batch shape and commit policy as a ridestream at-least-once service (the shared/kafka.py
+factories and shared.guarantees.AtLeastOnce, which flushes, verifies delivery and commits every commit
+interval), so the ratio of a service to this process isolates what ridestream adds: decoding, validation,
+scoring, encoding.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from shared.kafka import make_consumer, make_producer
+from shared.guarantees import AtLeastOnce, DeliveryLedger
+from shared.kafka import make_consumer, make_producer, produce_with_backoff
+from shared.runner import next_offsets
+
+FLUSH_TIMEOUT_S = 30.0
 
 
 def passthrough(bootstrap: str, source: str, target: str, group: str, batch_size: int, max_messages: int | None,
@@ -19,28 +25,29 @@ def passthrough(bootstrap: str, source: str, target: str, group: str, batch_size
     config = {"bootstrap.servers": bootstrap}
     consumer = make_consumer(config, group)
     producer = make_producer(config, {"linger.ms": 1})
+    committer = AtLeastOnce(consumer, producer, FLUSH_TIMEOUT_S)
     consumer.subscribe([source])
     moved, last_record = 0, time.monotonic()
     try:
         while max_messages is None or moved < max_messages:
-            batch = [m for m in consumer.consume(batch_size, 0.05) if m.error() is None]
+            batch = [m for m in consumer.consume(batch_size, 0.01) if m.error() is None]
             if not batch:
+                committer.tick()
                 if time.monotonic() - last_record > idle_timeout_s:
                     break
                 continue
             last_record = time.monotonic()
+            ledger = DeliveryLedger()
             for message in batch:
-                while True:
-                    try:
-                        producer.produce(target, value=message.value(), key=message.key())
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-            producer.flush(30)
-            consumer.commit(asynchronous=False)
+                ledger.expect()
+                produce_with_backoff(producer, target, message.key(), message.value(), ledger.on_delivery)
+            committer.complete(next_offsets(batch), ledger, "passthrough", len(batch))
             moved += len(batch)
     finally:
-        consumer.close()
+        try:
+            committer.close()
+        finally:
+            consumer.close()
     return moved
 
 
@@ -50,7 +57,7 @@ def main() -> None:
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--group", required=True)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--max-messages", type=int)
     parser.add_argument("--idle-timeout", type=float, default=3600.0)
     args = parser.parse_args()

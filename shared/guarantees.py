@@ -1,15 +1,16 @@
 """Processing guarantees: how a batch's outputs and its input offsets become durable together.
 
-    at_least_once   produce → flush → verify every delivery report → commit offsets (consumer group).
-                    A crash between the flush and the commit replays the batch: duplicates, never loss.
+    at_least_once   produce; every commit interval: flush → verify every delivery report → commit offsets
+                    (consumer group). A crash replays what was processed since the last commit: duplicates,
+                    never loss.
     exactly_once    produce inside a transaction, add the input offsets to the same transaction
                     (send_offsets_to_transaction with the consumer's group metadata, KIP-447), commit it.
                     Outputs, dead letters and offsets become visible to read_committed readers together
                     or not at all. A restarted instance reuses its transactional.id and fences its zombie.
 
-The runner calls `begin()` before producing a batch and `complete(offsets, ledger)` after; both strategies
-raise DeliveryError (retry after restart) or KafkaException (fatal) and never commit past an undelivered
-record.
+Both commit every `max_messages` inputs or `max_interval_s` seconds, whichever comes first. The runner calls
+`begin()` before producing a batch and `complete(offsets, ledger)` after; both strategies raise DeliveryError
+(retry after restart) or KafkaException (fatal) and never commit past an undelivered record.
 """
 
 from __future__ import annotations
@@ -117,45 +118,126 @@ def merge_offsets(current: dict[tuple[str, int], int], offsets: Sequence[TopicPa
         current[key] = max(current.get(key, -1), tp.offset)
 
 
+# How often processed input is made durable, by default: after this many records or this long, whichever
+# comes first. Longer amortises the flush and commit round trips; shorter bounds what a crash replays (at
+# least once) or how long outputs stay invisible to read_committed readers (exactly once).
+COMMIT_MAX_MESSAGES = 5000
+COMMIT_INTERVAL_S = 0.1
+
+
+class Pending:
+    """What was processed since the last commit: each partition's next offset, the delivery ledgers of the
+    outputs, how many inputs, and since when."""
+
+    def __init__(self, max_messages: int, max_interval_s: float, clock: Callable[[], float]) -> None:
+        self.max_messages = max_messages
+        self.max_interval_s = max_interval_s
+        self.clock = clock
+        self.since: float | None = None
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.messages = 0
+        self.ledgers: list[DeliveryLedger] = []
+
+    def open(self) -> None:
+        if self.since is None:
+            self.since = self.clock()
+
+    def add(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, records: int) -> None:
+        self.open()
+        merge_offsets(self.offsets, offsets)
+        self.ledgers.append(ledger)
+        self.messages += records
+
+    def full(self) -> bool:
+        return self.messages >= self.max_messages
+
+    def expired(self) -> bool:
+        return self.since is not None and self.clock() - self.since >= self.max_interval_s
+
+    def first_problem(self) -> str | None:
+        return next((p for p in (ledger.first_problem() for ledger in self.ledgers) if p), None)
+
+    def positions(self) -> list[TopicPartition]:
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.offsets.items()]
+
+    def clear(self) -> None:
+        self.since = None
+        self.offsets.clear()
+        self.messages = 0
+        self.ledgers.clear()
+
+
 class AtLeastOnce:
-    """Commit the consumer group's offsets once every output of the batch is acknowledged."""
+    """Commit the consumer group's offsets once every output produced before them is acknowledged.
+
+    Batches are not flushed one by one: outputs stream out while the next batches are scored, and every
+    `max_messages` inputs or `max_interval_s` seconds the producer is flushed, every delivery report checked
+    and the offsets committed (the Kafka Streams commit.interval model). A crash replays at most that much;
+    a per-batch flush and commit made the loop wait on two round trips per 1,000 events.
+    """
 
     guarantee: ProcessingGuarantee = "at_least_once"
 
-    def __init__(self, consumer: GroupConsumer, producer: Any, flush_timeout_s: float) -> None:
+    def __init__(
+        self,
+        consumer: GroupConsumer,
+        producer: Any,
+        flush_timeout_s: float,
+        max_messages: int = COMMIT_MAX_MESSAGES,
+        max_interval_s: float = COMMIT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.consumer = consumer
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
+        self.pending = Pending(max_messages, max_interval_s, clock)
+        self.service = ""
 
     def begin(self) -> None:
-        """Nothing to open: at-least-once batches are independent."""
+        """Nothing to open: the offsets of a batch are only remembered until the next commit."""
 
     def complete(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, service: str, records: int) -> bool:
-        """Flush → verify delivery → commit, in that order. Returns True (the batch is durable)."""
+        """Remember the batch; commit when due. True when this call committed."""
+        self.service = service
+        self.pending.add(offsets, ledger, records)
+        if self.pending.full() or self.pending.expired():
+            return self.commit()
+        return False
+
+    def commit(self) -> bool:
+        """Flush → verify every delivery report → commit the offsets, in that order. Returns False when the
+        group had moved the partitions away (their new owner replays from the last commit: duplicates)."""
+        if self.pending.since is None:
+            return True
         self.producer.flush(self.flush_timeout_s)
-        problem = ledger.first_problem()
+        problem = self.pending.first_problem()
         if problem is not None:
-            raise DeliveryError(f"{service}: {problem}; offsets not committed")
+            raise DeliveryError(f"{self.service}: {problem}; offsets not committed")
+        positions = self.pending.positions()
+        self.pending.clear()
         try:
-            self.consumer.commit(offsets=list(offsets), asynchronous=False)
+            self.consumer.commit(offsets=positions, asynchronous=False)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() not in LOST_OWNERSHIP:
                 raise
-            # The partitions moved to another instance while this batch ran: its outputs are delivered, and
-            # the new owner consumes the batch again from the last commit (at-least-once: a duplicate).
-            log.warning("%s: offsets not committed, partitions were reassigned (%s)", service, error)
+            # The partitions moved to another instance meanwhile: the outputs are delivered, and the new owner
+            # consumes these records again from the last commit (at-least-once: duplicates, never loss).
+            log.warning("%s: offsets not committed, partitions were reassigned (%s)", self.service, error)
             return False
         return True
 
     def tick(self) -> None:
-        """Nothing is ever left open between batches."""
+        """Between batches: a quiet input still gets its processed offsets committed on time."""
+        if self.pending.expired():
+            self.commit()
 
     def on_revoke(self, _partitions: Sequence[TopicPartition]) -> None:
-        """Each batch commits before the next consume, so nothing is in flight when partitions go."""
+        """Partitions are leaving: commit what was processed so their next owner does not replay it."""
+        self.commit()
 
     def close(self) -> None:
-        self.producer.flush(self.flush_timeout_s)
+        self.commit()
 
 
 class ExactlyOnce:
@@ -170,8 +252,8 @@ class ExactlyOnce:
         consumer: GroupConsumer,
         producer: TransactionalProducer,
         flush_timeout_s: float,
-        max_messages: int = 5000,
-        max_interval_s: float = 0.1,
+        max_messages: int = COMMIT_MAX_MESSAGES,
+        max_interval_s: float = COMMIT_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         call_timeout_s: float = 15.0,
     ) -> None:
@@ -179,29 +261,22 @@ class ExactlyOnce:
         self.producer = producer
         self.flush_timeout_s = flush_timeout_s
         self.call_timeout_s = call_timeout_s
-        self.max_messages = max_messages
-        self.max_interval_s = max_interval_s
-        self.clock = clock
-        self.open_since: float | None = None
-        self.offsets: dict[tuple[str, int], int] = {}
-        self.messages = 0
-        self.ledgers: list[DeliveryLedger] = []
+        # `since` is when the open transaction began; None means no transaction is open.
+        self.pending = Pending(max_messages, max_interval_s, clock)
         self.service = ""
         # Fences any earlier instance with the same transactional.id and aborts its open transaction.
         self.producer.init_transactions(flush_timeout_s)
 
     def begin(self) -> None:
-        if self.open_since is None:
+        if self.pending.since is None:
             self.producer.begin_transaction()
-            self.open_since = self.clock()
+            self.pending.open()
 
     def complete(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, service: str, records: int) -> bool:
         """Add the batch to the open transaction; commit it when it is due. True when committed."""
         self.service = service
-        merge_offsets(self.offsets, offsets)
-        self.ledgers.append(ledger)
-        self.messages += records
-        due = self.messages >= self.max_messages or self.clock() - (self.open_since or 0.0) >= self.max_interval_s
+        self.pending.add(offsets, ledger, records)
+        due = self.pending.full() or self.pending.expired()
         if due:
             self.commit()
         return due
@@ -215,14 +290,14 @@ class ExactlyOnce:
         so the batches are processed again in a new transaction; a fatal one (fenced: a newer instance has
         our transactional.id) propagates and ends the process.
         """
-        if self.open_since is None:
+        if self.pending.since is None:
             return
         self.producer.flush(self.flush_timeout_s)
-        problem = next((p for p in (ledger.first_problem() for ledger in self.ledgers) if p), None)
+        problem = self.pending.first_problem()
         if problem is not None:
             self.abort_and_rewind()
             raise DeliveryError(f"{self.service}: {problem}; transaction aborted")
-        positions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.offsets.items()]
+        positions = self.pending.positions()
         try:
             with watchdog("send_offsets_to_transaction", self.call_timeout_s + WATCHDOG_GRACE_S):
                 if positions:
@@ -237,7 +312,7 @@ class ExactlyOnce:
             log.warning("%s: transaction aborted (%s); rewinding to committed offsets", self.service, error)
             self.abort_and_rewind()
             return
-        self.reset()
+        self.pending.clear()
 
     def commit_with_retries(self) -> None:
         for attempt in range(COMMIT_RETRIES):
@@ -254,23 +329,17 @@ class ExactlyOnce:
     def tick(self) -> None:
         """Between batches: commit an open transaction whose interval has run out (a quiet input must not
         hold finished predictions invisible to read_committed readers)."""
-        if self.open_since is not None and self.clock() - self.open_since >= self.max_interval_s:
+        if self.pending.expired():
             self.commit()
 
     def abort_and_rewind(self) -> None:
         self.producer.abort_transaction(self.flush_timeout_s)
-        self.reset()
+        self.pending.clear()
         assigned = self.consumer.assignment()
         for tp in self.consumer.committed(assigned, self.flush_timeout_s) if assigned else []:
             # No committed offset yet (-1001): the group's reset policy (earliest) applies on re-fetch.
             if tp.offset >= 0:
                 self.consumer.seek(tp)
-
-    def reset(self) -> None:
-        self.open_since = None
-        self.offsets.clear()
-        self.messages = 0
-        self.ledgers.clear()
 
     def on_revoke(self, _partitions: Sequence[TopicPartition]) -> None:
         """Partitions are leaving this instance: commit what was processed from them before they go, so

@@ -1,7 +1,7 @@
 """The one run loop every scoring service shares.
 
     consume a micro-batch → decode and validate → score once per batch → produce predictions and dead
-    letters → flush and verify delivery → commit the batch's offsets
+    letters → every commit interval: flush, verify delivery, commit the offsets
 
 No business logic lives here: decoding is `shared.serde`, scoring is the service's pure scorer, dead-letter
 records are `shared.dead_letter`. The loop talks to Protocols, so component tests drive it with in-memory
@@ -285,10 +285,10 @@ class ServiceRunner:
         2. score the valid events with one vectorized call; unscoreable rows become dead letters too;
         3. produce predictions (keyed by ride_id) and dead letters;
         4. hand the batch's offsets to the committer (shared/guarantees.py), which makes outputs and offsets
-           durable in its guarantee's order: at-least-once flushes, verifies every delivery report (any
-           failure raises DeliveryError and nothing is committed, so the batch is consumed again after a
-           restart) and commits the offsets synchronously; exactly-once adds the offsets to the open
-           transaction and commits it when due.
+           durable in its guarantee's order when its commit interval is due: at-least-once flushes, verifies
+           every delivery report (any failure raises DeliveryError and nothing is committed, so the records
+           are consumed again after a restart) and commits the offsets; exactly-once adds the offsets to the
+           open transaction and commits it.
         """
         started = time.monotonic()
         self.committer.begin()

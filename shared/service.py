@@ -16,7 +16,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import RIDE_EVENTS_TOPIC
-from shared.guarantees import AtLeastOnce, ExactlyOnce, ProcessingGuarantee
+from shared.guarantees import COMMIT_INTERVAL_S, COMMIT_MAX_MESSAGES, AtLeastOnce, ExactlyOnce, ProcessingGuarantee
 from shared.kafka import ensure_topic, make_consumer, make_producer, wait_for_cluster
 from shared.lifecycle import install_stop_handlers
 from shared.metrics import ServiceMetrics, serve_metrics
@@ -59,8 +59,12 @@ class ServiceSettings(BaseSettings):
         default_factory=socket.gethostname, min_length=1,
         description="stable name of this instance: the transactional.id suffix under exactly_once",
     )
-    transaction_max_messages: int = Field(default=5000, ge=1, description="exactly_once: commit after this many inputs")
-    transaction_interval_s: float = Field(default=0.1, gt=0, le=60, description="exactly_once: or after this long")
+    commit_max_messages: int = Field(default=COMMIT_MAX_MESSAGES, ge=1, description="commit after this many inputs")
+    commit_interval_s: float = Field(
+        default=COMMIT_INTERVAL_S, gt=0, le=60,
+        description="or after this long (at_least_once: what a crash can replay; exactly_once: how long outputs "
+                    "stay invisible to read_committed readers)",
+    )
 
     @property
     def transactional_id(self) -> str:
@@ -94,7 +98,8 @@ def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer,
     if settings.group_instance_id:
         consumer_overrides["group.instance.id"] = settings.group_instance_id
     consumer = make_consumer(client_config, settings.group_id, consumer_overrides)
-    # The producer's linger is short: every batch ends in a flush, so linger only adds latency here.
+    # A short linger: outputs are on the event→prediction latency path, and a micro-batch of outputs already
+    # fills librdkafka's produce batches under load.
     producer_overrides: dict[str, Any] = {"linger.ms": 1, "error_cb": watch.on_error}
     exactly_once = settings.processing_guarantee == "exactly_once"
     if exactly_once:
@@ -102,8 +107,9 @@ def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer,
     producer = make_producer(client_config, producer_overrides)
     committer = (
         ExactlyOnce(consumer, producer, settings.runner_config().flush_timeout_s,
-                    settings.transaction_max_messages, settings.transaction_interval_s)
-        if exactly_once else AtLeastOnce(consumer, producer, settings.runner_config().flush_timeout_s)
+                    settings.commit_max_messages, settings.commit_interval_s)
+        if exactly_once else AtLeastOnce(consumer, producer, settings.runner_config().flush_timeout_s,
+                                         settings.commit_max_messages, settings.commit_interval_s)
     )
     metrics = ServiceMetrics(settings.service)
     if settings.metrics_port is not None:

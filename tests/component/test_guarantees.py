@@ -1,4 +1,5 @@
-"""Exactly-once commit order against in-memory clients: outputs and offsets commit together or not at all.
+"""Commit order against in-memory clients: exactly-once outputs and offsets commit together or not at all;
+at-least-once offsets are committed per interval, never before every output up to them is delivered.
 
 The real proof is the fault suite against real brokers (tests/integration/test_faults.py); these pin the
 order of calls that the proof depends on.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import threading
 
-from shared.guarantees import ExactlyOnce
+import pytest
+
+from shared.errors import DeliveryError
+from shared.guarantees import AtLeastOnce, ExactlyOnce
 from shared.runner import RunnerConfig, ServiceRunner
 from shared.serde import encode
-from tests.component.fakes import EchoScorer, FakeConsumer, FakeMessage, FakeTransactionalProducer
+from tests.component.fakes import EchoScorer, FakeConsumer, FakeMessage, FakeProducer, FakeTransactionalProducer
 from tests.factories import ride_started
 
 CONFIG = RunnerConfig(service="tip", output_topic="predictions.tip", dlq_topic="dlq.tip", idle_timeout_s=0.01)
@@ -61,3 +65,62 @@ def test_revoked_partitions_get_the_open_transaction_committed_first() -> None:
     runner.on_revoke(consumer, [])
     assert producer.transactions[-1] == "commit" and len(producer.produced) == 5
     assert consumer.commits[-1][0].offset == 5
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def alo_runner(consumer: FakeConsumer, producer: FakeProducer, max_messages: int, clock: Clock | None = None) -> ServiceRunner:
+    committer = AtLeastOnce(consumer, producer, 5.0, max_messages=max_messages, max_interval_s=1.0,
+                            clock=clock or Clock())
+    return ServiceRunner(consumer, producer, EchoScorer(), CONFIG, committer=committer)
+
+
+def test_at_least_once_commits_per_interval_only_after_flushing_every_output_before_the_offsets() -> None:
+    consumer, producer = FakeConsumer([batch(0, 3), batch(3, 3), batch(6, 2)]), FakeProducer()
+    runner = alo_runner(consumer, producer, max_messages=6)
+    runner.process(batch(0, 3))
+    assert consumer.commits == [] and producer.produced == []  # outputs in flight, nothing committed yet
+
+    runner.process(batch(3, 3))  # 6 inputs: due
+    assert [[(tp.partition, tp.offset) for tp in offsets] for offsets in consumer.commits] == [[(0, 6)]]
+    assert sorted(p.key for p in producer.produced) == sorted(f"r{i}".encode() for i in range(6))
+
+    runner.on_revoke(consumer, [])  # nothing new processed: nothing to commit
+    assert len(consumer.commits) == 1
+
+
+def test_at_least_once_commits_a_quiet_inputs_offsets_when_the_interval_runs_out() -> None:
+    clock = Clock()
+    consumer, producer = FakeConsumer([]), FakeProducer()
+    runner = alo_runner(consumer, producer, max_messages=1000, clock=clock)
+    runner.process(batch(0, 2))
+    runner.committer.tick()
+    assert consumer.commits == []
+    clock.now = 1.0
+    runner.committer.tick()
+    assert [(tp.partition, tp.offset) for tp in consumer.commits[0]] == [(0, 2)] and len(producer.produced) == 2
+
+
+def test_at_least_once_commits_what_it_processed_before_partitions_are_revoked() -> None:
+    consumer, producer = FakeConsumer([]), FakeProducer()
+    runner = alo_runner(consumer, producer, max_messages=1000)
+    runner.process(batch(0, 4))
+    runner.on_revoke(consumer, [])
+    assert [(tp.partition, tp.offset) for tp in consumer.commits[0]] == [(0, 4)] and len(producer.produced) == 4
+
+
+def test_an_undelivered_output_from_an_earlier_batch_blocks_the_whole_interval_commit() -> None:
+    consumer, producer = FakeConsumer([]), FakeProducer(fail_topic="dlq.tip")
+    runner = alo_runner(consumer, producer, max_messages=4)
+    runner.process([FakeMessage(b"not json", b"k", _offset=0)])  # a dead letter that will not be delivered
+    with pytest.raises(DeliveryError, match="offsets not committed"):
+        runner.process(batch(1, 3))
+    assert consumer.commits == []
