@@ -316,9 +316,9 @@ def round_ratios(rounds: list[Mapping[str, float]]) -> dict[str, float]:
 def ratios(contenders: Mapping[str, Mapping[str, Any]], rounds: list[Mapping[str, float]] | None = None) -> dict[str, float]:
     rate = {name: float(c["events_per_s"]) for name, c in contenders.items()}
     out: dict[str, float] = round_ratios(rounds) if rounds else {}
-    for name in rate:
+    for name, value in rate.items():
         if name != "passthrough" and "passthrough" in rate and f"{name}/passthrough" not in out:
-            out[f"{name}/passthrough"] = round(rate[name] / rate["passthrough"], 3)
+            out[f"{name}/passthrough"] = round(value / rate["passthrough"], 3)
     for ours in ("ridestream-alo", "ridestream-eos"):
         for peer in ("faust", "faust-batched", "quix"):
             if ours in rate and peer in rate:
@@ -338,8 +338,8 @@ def markdown(result: Mapping[str, Any]) -> str:
     rounds = result.get("rounds") or []
     if rounds:
         names = list(rounds[0])
-        lines += ["", f"Throughput rounds (events/s; the table above shows each contender's median round, the "
-                  f"ratios are medians of per-round ratios):", "",
+        lines += ["", ("Throughput rounds (events/s; the table above shows each contender's median round, the "
+                  "ratios are medians of per-round ratios):"), "",
                   "| round | " + " | ".join(names) + " | " + " | ".join(f"{n}/passthrough" for n in names
                                                                  if n != "passthrough") + " |",
                   "|---" * (1 + 2 * len(names) - ("passthrough" in names)) + "|"]
@@ -348,9 +348,9 @@ def markdown(result: Mapping[str, Any]) -> str:
             lines.append(f"| {index} | " + " | ".join(f"{r[n]:,.0f}" for n in names) + " | " + " | ".join(share) + " |")
     if "soak" in result:
         soak = result["soak"]
-        lines += ["", f"Memory over {soak['events']:,} events ({soak['contender']}): RSS {soak['rss_mb_second_tenth']} MB "
+        lines += ["", (f"Memory over {soak['events']:,} events ({soak['contender']}): RSS {soak['rss_mb_second_tenth']} MB "
                   f"in the second tenth of the run, {soak['rss_mb_last_tenth']} MB in the last: "
-                  f"{soak['growth'] * 100:+.1f}%."]
+                  f"{soak['growth'] * 100:+.1f}%.")]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ exactly-once, no input was scored twice. The result is a row
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import signal
@@ -309,7 +310,7 @@ def recovery_seconds(verifier: Verifier, fault_times: list[float], expected: set
         if len(after) == 1:
             stalls.append(0.0 if complete else float("inf"))
             continue
-        stalls.append(max(b - a for a, b in zip(after, after[1:])))
+        stalls.append(max(b - a for a, b in itertools.pairwise(after)))
     return round(max(stalls, default=0.0), 2)
 
 

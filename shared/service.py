@@ -16,7 +16,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import RIDE_EVENTS_TOPIC
-from shared.guarantees import COMMIT_INTERVAL_S, COMMIT_MAX_MESSAGES, AtLeastOnce, ExactlyOnce, ProcessingGuarantee
+from shared.guarantees import (
+    COMMIT_INTERVAL_S,
+    COMMIT_MAX_MESSAGES,
+    AtLeastOnce,
+    ExactlyOnce,
+    ProcessingGuarantee,
+)
 from shared.kafka import ensure_topic, make_consumer, make_producer, wait_for_cluster
 from shared.lifecycle import install_stop_handlers
 from shared.metrics import ServiceMetrics, serve_metrics

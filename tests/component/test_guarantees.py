@@ -15,7 +15,13 @@ from shared.errors import DeliveryError
 from shared.guarantees import AtLeastOnce, ExactlyOnce
 from shared.runner import RunnerConfig, ServiceRunner
 from shared.serde import encode
-from tests.component.fakes import EchoScorer, FakeConsumer, FakeMessage, FakeProducer, FakeTransactionalProducer
+from tests.component.fakes import (
+    EchoScorer,
+    FakeConsumer,
+    FakeMessage,
+    FakeProducer,
+    FakeTransactionalProducer,
+)
 from tests.factories import ride_started
 
 CONFIG = RunnerConfig(service="tip", output_topic="predictions.tip", dlq_topic="dlq.tip", idle_timeout_s=0.01)
