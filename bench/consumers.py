@@ -11,7 +11,8 @@ Each contender is a separate OS process scoring the same ride events from the sa
 
 Measured per contender: sustained events/s draining a backlog (first to last output timestamp), p50/p95/p99
 event→output latency at fixed offered rates (input CreateTime to the moment a downstream reader sees the
-output), CPU seconds per 1k events and peak RSS. A 2-core machine's absolute numbers drift by 2x between runs
+output), CPU seconds per 1k events while outputs flowed (all threads of the process, start-up excluded) and
+peak RSS. A 2-core machine's absolute numbers drift by 2x between runs
 (the broker, the reader and the contender share the cores), so the passthrough and ridestream contenders
 drain the backlog in `--rounds` interleaved rounds, each round in a rotated order: a round's ratio compares
 runs seconds apart, and the reported ratio is the median of the rounds' ratios (every round is kept in the
@@ -67,13 +68,22 @@ class Contender:
     isolation: str = "read_uncommitted"
 
 
+def service_batch_size() -> int:
+    """The duration service's micro-batch size (its default, or DURATION_BATCH_SIZE when exported for an
+    experiment); the passthrough consumes batches of the same size."""
+    from consumers.duration.settings import DurationSettings
+
+    default = int(DurationSettings.model_fields["batch_size"].default)
+    return int(os.environ.get("DURATION_BATCH_SIZE", default))
+
+
 def ridestream_command(guarantee: str, engine: str | None = None) -> Callable[..., tuple[list[str], dict[str, str]]]:
     def command(bootstrap: str, source: str, target: str, group: str, models: Path) -> tuple[list[str], dict[str, str]]:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DURATION_INPUT_TOPIC": source, "DURATION_OUTPUT_TOPIC": target,
             "DURATION_DLQ_TOPIC": target + ".dlq", "DURATION_GROUP_ID": group, "DURATION_MODELS_DIR": str(models),
             "DURATION_PROCESSING_GUARANTEE": guarantee, "DURATION_INSTANCE_NAME": "bench",
-            "DURATION_BATCH_SIZE": "1000",
+            "DURATION_BATCH_SIZE": str(service_batch_size()),
         }
         if engine is None:
             return [sys.executable, "-m", "consumers.duration"], env
@@ -83,7 +93,7 @@ def ridestream_command(guarantee: str, engine: str | None = None) -> Callable[..
 
 def passthrough_command(bootstrap: str, source: str, target: str, group: str, _models: Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "bench.passthrough", "--bootstrap-servers", bootstrap, "--input", source,
-            "--output", target, "--group", group, "--batch-size", "1000"], {}
+            "--output", target, "--group", group, "--batch-size", str(service_batch_size())], {}
 
 
 def faust_available() -> bool:
@@ -114,6 +124,7 @@ class Sampler:
     peak_rss: int = 0
     cpu_s: float = 0.0
     history: list[int] = field(default_factory=list)
+    cpu_history: list[tuple[float, float]] = field(default_factory=list)  # (wall clock s, CPU s so far)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Sampler:
@@ -128,11 +139,18 @@ class Sampler:
                 self.history.append(rss)
                 times = self.process.cpu_times()
                 self.cpu_s = times.user + times.system
+                self.cpu_history.append((time.time(), self.cpu_s))
             except psutil.Error:
                 return
 
     def stop(self) -> None:
         self._stop.set()
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the process used between two wall-clock times (nearest samples)."""
+        def at(moment: float) -> float:
+            return min(self.cpu_history, key=lambda sample: abs(sample[0] - moment))[1] if self.cpu_history else 0.0
+        return max(0.0, at(end) - at(start))
 
 
 def encoded_events(rides: int, seed: int) -> list[tuple[bytes, bytes]]:
@@ -228,7 +246,8 @@ def measure_throughput(contender: Contender, bootstrap: str, backlog: str, event
         "events_per_s": round(inputs / seconds),
         "drained": f"{len(records):,} of {expected:,} outputs",
         "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
-        "cpu_s_per_1k_events": round(sampler.cpu_s / len(events) * 1000, 4),
+        # While outputs flowed (first to last): start-up (imports, model load, group join) is not per event.
+        "cpu_s_per_1k_events": round(sampler.cpu_between(stamps[0] / 1000, stamps[-1] / 1000) / inputs * 1000, 4),
     }
 
 
@@ -305,11 +324,11 @@ def rotated(names: list[str], round_index: int) -> list[str]:
 
 def round_ratios(rounds: list[Mapping[str, float]]) -> dict[str, float]:
     """Per contender, the median over rounds of its events/s divided by the same round's passthrough."""
-    names = {name for r in rounds for name in r if name != "passthrough"}
+    paired = [r for r in rounds if "passthrough" in r]
+    names = sorted({name for r in paired for name in r if name != "passthrough"})
     return {
-        f"{name}/passthrough": round(statistics.median(r[name] / r["passthrough"] for r in rounds
-                                                       if name in r and "passthrough" in r), 3)
-        for name in sorted(names)
+        f"{name}/passthrough": round(statistics.median(r[name] / r["passthrough"] for r in paired if name in r), 3)
+        for name in names
     }
 
 
@@ -326,6 +345,36 @@ def ratios(contenders: Mapping[str, Mapping[str, Any]], rounds: list[Mapping[str
     return out
 
 
+# The performance issue's targets: (label, how to read it from the result, bound, "min" or "max").
+TARGETS: tuple[tuple[str, Callable[[Mapping[str, Any]], float | None], float, str], ...] = (
+    ("at-least-once events/s ÷ passthrough", lambda r: r["ratios"].get("ridestream-alo/passthrough"), 0.6, "min"),
+    ("exactly-once events/s ÷ passthrough", lambda r: r["ratios"].get("ridestream-eos/passthrough"), 0.5, "min"),
+    ("at-least-once ÷ Faust (per event)", lambda r: r["ratios"].get("ridestream-alo/faust"), 5.0, "min"),
+    ("at-least-once ÷ Faust (stream.take batches)", lambda r: r["ratios"].get("ridestream-alo/faust-batched"), 5.0, "min"),
+    ("at-least-once ÷ Quix Streams", lambda r: r["ratios"].get("ridestream-alo/quix"), 3.0, "min"),
+    ("at-least-once p99 ms @ 5,000/s", lambda r: r["contenders"].get("ridestream-alo", {}).get("p99_ms", {}).get("5000"),
+     50.0, "max"),
+    ("exactly-once p99 ms @ 5,000/s", lambda r: r["contenders"].get("ridestream-eos", {}).get("p99_ms", {}).get("5000"),
+     300.0, "max"),
+    ("peak RSS MB per service (at-least-once, exactly-once)",
+     lambda r: max((r["contenders"][n]["peak_rss_mb"] for n in ("ridestream-alo", "ridestream-eos")
+                    if n in r["contenders"]), default=None), 300.0, "max"),
+    ("RSS growth over the soak, %", lambda r: r["soak"]["growth"] * 100 if "soak" in r else None, 10.0, "max"),
+)
+
+
+def targets_table(result: Mapping[str, Any]) -> list[str]:
+    """The issue's targets against this run: measured, bound, met or not (absent contenders are skipped)."""
+    lines = ["| target | measured | bound | met |", "|---|---:|---:|:---:|"]
+    for label, read, bound, kind in TARGETS:
+        value = read(result)
+        if value is None:
+            continue
+        met = value >= bound if kind == "min" else value <= bound
+        lines.append(f"| {label} | {value:,.3g} | {'≥' if kind == 'min' else '≤'} {bound:g} | {'✓' if met else '✗'} |")
+    return lines
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     rates = result["rates"]
     head = "| contender | events/s | " + " | ".join(f"p99 ms @ {int(r):,}/s" for r in rates) + " | peak RSS MB | CPU s / 1k ev |"
@@ -335,17 +384,18 @@ def markdown(result: Mapping[str, Any]) -> str:
                          for r in rates)
         lines.append(f"| {name} | {c['events_per_s']:,} | {p99} | {c['peak_rss_mb']} | {c['cpu_s_per_1k_events']} |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in result["ratios"].items()]
+    lines += ["", *targets_table(result)]
     rounds = result.get("rounds") or []
     if rounds:
         names = list(rounds[0])
-        lines += ["", ("Throughput rounds (events/s; the table above shows each contender's median round, the "
-                  "ratios are medians of per-round ratios):"), "",
-                  "| round | " + " | ".join(names) + " | " + " | ".join(f"{n}/passthrough" for n in names
-                                                                 if n != "passthrough") + " |",
-                  "|---" * (1 + 2 * len(names) - ("passthrough" in names)) + "|"]
+        shared = [n for n in names if n != "passthrough"] if "passthrough" in names else []
+        lines += ["", ("Throughput rounds (events/s; the table above shows each contender's median round and its "
+                  "highest RSS of any round, the ratios are medians of per-round ratios):"), "",
+                  "| round | " + " | ".join(names + [f"{n}/passthrough" for n in shared]) + " |",
+                  "|---" * (1 + len(names) + len(shared)) + "|"]
         for index, r in enumerate(rounds, 1):
-            share = [f"{r[n] / r['passthrough']:.2f}" for n in names if n != "passthrough" and "passthrough" in r]
-            lines.append(f"| {index} | " + " | ".join(f"{r[n]:,.0f}" for n in names) + " | " + " | ".join(share) + " |")
+            cells = [f"{r[n]:,.0f}" for n in names] + [f"{r[n] / r['passthrough']:.2f}" for n in shared]
+            lines.append(f"| {index} | " + " | ".join(cells) + " |")
     if "soak" in result:
         soak = result["soak"]
         lines += ["", (f"Memory over {soak['events']:,} events ({soak['contender']}): RSS {soak['rss_mb_second_tenth']} MB "
@@ -396,8 +446,10 @@ def throughput_rounds(contenders: list[Contender], count: int, bootstrap: str, b
             rounds[-1][name] = run["events_per_s"]
         print(f"round {index + 1}/{count}: {json.dumps(rounds[-1])}", flush=True)
     for name, measured in runs.items():
-        median_run = sorted(measured, key=lambda run: run["events_per_s"])[len(measured) // 2]
-        results[name] = {**median_run, "events_per_s_rounds": [run["events_per_s"] for run in measured]}
+        # The median run's rate and CPU (an odd --rounds has one), and the highest RSS of any round.
+        median_run = sorted(measured, key=lambda run: run["events_per_s"])[(len(measured) - 1) // 2]
+        results[name] = {**median_run, "peak_rss_mb": max(run["peak_rss_mb"] for run in measured),
+                         "events_per_s_rounds": [run["events_per_s"] for run in measured]}
     return rounds
 
 
@@ -412,7 +464,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=300_000, help="backlog size for the throughput runs")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="interleaved throughput rounds of passthrough and ridestream (median reported)")
+                        help="interleaved throughput rounds of passthrough and ridestream (median reported; odd)")
     parser.add_argument("--rates", default="1000,5000,20000")
     parser.add_argument("--latency-seconds", type=float, default=8.0)
     parser.add_argument("--contenders", help="comma-separated subset (default: all available)")

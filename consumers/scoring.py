@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
+from pydantic import TypeAdapter
 from pydantic_core import to_json
 from threadpoolctl import ThreadpoolController
 
@@ -68,6 +69,13 @@ PREDICTION_TYPES: dict[type[Prediction], str] = {
     contract: contract.model_fields["prediction_type"].default
     for contract in (DurationPrediction, TipPrediction, CostPrediction)
 }
+
+
+def check_labels(contract: type[Prediction], model_name: str, model_version: str) -> None:
+    """The encoder stamps these on every prediction without validating them: check them against the contract
+    once, when the scorer is built (a pydantic ValidationError names the field)."""
+    for name, value in (("model_name", model_name), ("model_version", model_version)):
+        TypeAdapter(Annotated[str, contract.model_fields[name]]).validate_python(value)
 
 
 def encode_prediction(

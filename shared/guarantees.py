@@ -160,6 +160,13 @@ class Pending:
     def positions(self) -> list[TopicPartition]:
         return [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.offsets.items()]
 
+    def keep(self, positions: Sequence[TopicPartition], assigned: Sequence[TopicPartition]) -> None:
+        """Carry `positions` of the partitions still `assigned` into the next commit."""
+        owned = {(tp.topic, tp.partition) for tp in assigned}
+        kept = [tp for tp in positions if (tp.topic, tp.partition) in owned]
+        if kept:
+            self.add(kept, DeliveryLedger(), 0)
+
     def clear(self) -> None:
         self.since = None
         self.offsets.clear()
@@ -192,6 +199,8 @@ class AtLeastOnce:
         self.flush_timeout_s = flush_timeout_s
         self.pending = Pending(max_messages, max_interval_s, clock)
         self.service = ""
+        # Set once the run failed: nothing more may be committed (see abandon()).
+        self.abandoned = False
 
     def begin(self) -> None:
         """Nothing to open: the offsets of a batch are only remembered until the next commit."""
@@ -207,6 +216,8 @@ class AtLeastOnce:
     def commit(self) -> bool:
         """Flush → verify every delivery report → commit the offsets, in that order. Returns False when the
         group had moved the partitions away (their new owner replays from the last commit: duplicates)."""
+        if self.abandoned:
+            return False
         if self.pending.since is None:
             return True
         self.producer.flush(self.flush_timeout_s)
@@ -214,17 +225,20 @@ class AtLeastOnce:
         if problem is not None:
             raise DeliveryError(f"{self.service}: {problem}; offsets not committed")
         positions = self.pending.positions()
-        self.pending.clear()
         try:
             self.consumer.commit(offsets=positions, asynchronous=False)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() not in LOST_OWNERSHIP:
                 raise
-            # The partitions moved to another instance meanwhile: the outputs are delivered, and the new owner
-            # consumes these records again from the last commit (at-least-once: duplicates, never loss).
-            log.warning("%s: offsets not committed, partitions were reassigned (%s)", self.service, error)
+            # The group moved on while these records were processed: their outputs are delivered, and a
+            # partition's new owner consumes them again from the last commit (duplicates, never loss). The
+            # partitions this instance still owns keep their positions for the next commit.
+            log.warning("%s: offsets not committed, the group rebalanced (%s)", self.service, error)
+            self.pending.clear()
+            self.pending.keep(positions, self.consumer.assignment())
             return False
+        self.pending.clear()
         return True
 
     def tick(self) -> None:
@@ -237,7 +251,15 @@ class AtLeastOnce:
         self.commit()
 
     def close(self) -> None:
+        """A clean stop: commit everything processed."""
         self.commit()
+
+    def abandon(self) -> None:
+        """The run failed (an undelivered output, a fatal error, a bug): commit nothing more, not even from the
+        revoke that leaving the group triggers; what was processed since the last commit is consumed again
+        after the restart. No flush either: after a delivery failure it would only wait out its timeout."""
+        self.abandoned = True
+        self.pending.clear()
 
 
 class ExactlyOnce:
@@ -264,6 +286,7 @@ class ExactlyOnce:
         # `since` is when the open transaction began; None means no transaction is open.
         self.pending = Pending(max_messages, max_interval_s, clock)
         self.service = ""
+        self.abandoned = False
         # Fences any earlier instance with the same transactional.id and aborts its open transaction.
         self.producer.init_transactions(flush_timeout_s)
 
@@ -290,7 +313,7 @@ class ExactlyOnce:
         so the batches are processed again in a new transaction; a fatal one (fenced: a newer instance has
         our transactional.id) propagates and ends the process.
         """
-        if self.pending.since is None:
+        if self.pending.since is None or self.abandoned:
             return
         self.producer.flush(self.flush_timeout_s)
         problem = self.pending.first_problem()
@@ -349,3 +372,15 @@ class ExactlyOnce:
     def close(self) -> None:
         """Commit the open transaction on a clean stop (SIGTERM finishes the work it has done)."""
         self.commit()
+
+    def abandon(self) -> None:
+        """The run failed: abort the open transaction rather than commit it, since it may hold part of a batch
+        whose offsets it does not hold (committing would publish outputs that the restart scores again)."""
+        self.abandoned = True
+        if self.pending.since is None:
+            return
+        try:
+            self.producer.abort_transaction(self.flush_timeout_s)
+        except KafkaException as exc:  # the broker's transaction timeout, or our restart's fencing, aborts it
+            log.warning("%s: could not abort the open transaction (%s)", self.service, exc)
+        self.pending.clear()

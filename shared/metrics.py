@@ -31,12 +31,12 @@ class ServiceMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events_in = Counter("ridestream_events_in", "Input records consumed", ["service", "event_type"], registry=r)
-        self.predictions_out = Counter("ridestream_predictions_out", "Predictions delivered", ["service"], registry=r)
+        self.predictions_out = Counter("ridestream_predictions_out", "Predictions produced (handed to the Kafka client; the committer verifies their delivery before committing)", ["service"], registry=r)
         self.ignored = Counter("ridestream_events_ignored", "Valid events this service does not score", ["service", "event_type"], registry=r)
         self.dead_lettered = Counter("ridestream_dead_lettered", "Records sent to the dead-letter topic", ["service", "reason"], registry=r)
         self.batch_size = Histogram("ridestream_batch_size", "Records per micro-batch", ["service"], buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("ridestream_batch_processing_seconds", "Decode→score→deliver→commit time per batch", ["service"], registry=r)
-        self.latency = Histogram("ridestream_event_to_prediction_seconds", "Event time to prediction delivered", ["service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("ridestream_batch_processing_seconds", "Decode→score→produce time per batch (plus the flush and commit when one falls due)", ["service"], registry=r)
+        self.latency = Histogram("ridestream_event_to_prediction_seconds", "Input record timestamp to prediction produced", ["service"], buckets=LATENCY_BUCKETS, registry=r)
         self.lag = Gauge("ridestream_consumer_lag", "Records behind the partition end", ["service", "topic", "partition"], registry=r)
         self.model = Info("ridestream_model", "Model this service scores with", ["service"], registry=r)
         self.service = service

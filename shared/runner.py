@@ -175,7 +175,8 @@ def record_batch(
 ) -> None:
     """Metrics and run counters of one processed batch."""
     now_ms = time.time() * 1000
-    latencies = [max(0.0, (now_ms - m.timestamp()[1]) / 1000) for m in plan.sources if m.timestamp()[1] > 0]
+    stamps = [m.timestamp()[1] for m in plan.sources]
+    latencies = [max(0.0, (now_ms - stamp) / 1000) for stamp in stamps if stamp > 0]
     # One counter update per kind and batch: a labelled counter costs microseconds per call.
     for event_type, count in Counter(plan.event_types).items():
         metrics.on_event(event_type, count)
@@ -225,6 +226,7 @@ class ServiceRunner:
     def run(self, stop: threading.Event) -> RunStats:
         """Process batches until `stop` is set (or a bounded run ends); then commit and leave the group."""
         last_record = time.monotonic()
+        finished = False
         try:
             while not stop.is_set():
                 messages = self.consumer.consume(self.config.batch_size, self.config.batch_timeout_s)
@@ -241,8 +243,9 @@ class ServiceRunner:
                 self.report_lag()
                 if self.bounded_run_over(last_record):
                     break
+            finished = True
         finally:
-            self.close()
+            self.close(clean=finished)
         return self.stats
 
     def usable(self, message: Message) -> bool:
@@ -325,9 +328,16 @@ class ServiceRunner:
         log.info("%s: revoked %s", self.config.service, [p.partition for p in partitions])
         self.committer.on_revoke(partitions)
 
-    def close(self) -> None:
-        """Make in-flight work durable (flush, or commit the open transaction), then leave the group."""
+    def close(self, clean: bool = True) -> None:
+        """Leave the group. A clean stop first makes everything processed durable (commits its offsets, or the
+        open transaction); a failed run abandons it instead, so nothing half-done is committed on the way out."""
         try:
-            self.committer.close()
+            if clean:
+                self.committer.close()
+            else:
+                self.committer.abandon()
+        except BaseException:
+            self.committer.abandon()
+            raise
         finally:
             self.consumer.close()

@@ -14,6 +14,7 @@ from consumers.scoring import (
     Event,
     Predictor,
     ScoreResult,
+    check_labels,
     encode_prediction,
     not_scored_failures,
     predict_rows,
@@ -35,6 +36,7 @@ class CostScorer:
     def __init__(self, model: Predictor, model_version: str) -> None:
         self.model = model
         self.model_version = model_version
+        check_labels(CostPrediction, self.model_name, model_version)
 
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
         result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))

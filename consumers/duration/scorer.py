@@ -28,6 +28,7 @@ from consumers.scoring import (
     Event,
     Predictor,
     ScoreResult,
+    check_labels,
     encode_prediction,
     not_scored_failures,
     predict_rows,
@@ -49,6 +50,8 @@ class TripDurationScorer:
         self.start_version = start_version
         self.progress_model = progress_model
         self.progress_version = progress_version
+        check_labels(DurationPrediction, START_MODEL, start_version)
+        check_labels(DurationPrediction, PROGRESS_MODEL, progress_version)
         # One label for the service's metrics; each prediction carries the model that made it.
         self.model_name = f"{START_MODEL}+{PROGRESS_MODEL}"
         self.model_version = f"{start_version}+{progress_version}"

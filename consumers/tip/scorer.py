@@ -12,6 +12,7 @@ from consumers.scoring import (
     Event,
     Predictor,
     ScoreResult,
+    check_labels,
     encode_prediction,
     not_scored_failures,
     predict_rows,
@@ -34,6 +35,7 @@ class TipScorer:
     def __init__(self, model: Predictor, model_version: str) -> None:
         self.model = model
         self.model_version = model_version
+        check_labels(TipPrediction, self.model_name, model_version)
 
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
         result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))

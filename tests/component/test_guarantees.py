@@ -130,3 +130,61 @@ def test_an_undelivered_output_from_an_earlier_batch_blocks_the_whole_interval_c
     with pytest.raises(DeliveryError, match="offsets not committed"):
         runner.process(batch(1, 3))
     assert consumer.commits == []
+
+
+class FailingScorer(EchoScorer):
+    """Scores the first batch, then fails: a bug or a broken model in the middle of a run."""
+
+    def score(self, events, produced_at):  # type: ignore[no-untyped-def]
+        if self.calls >= 1:
+            raise RuntimeError("model exploded")
+        return super().score(events, produced_at)
+
+
+def test_a_failed_run_aborts_the_open_transaction_instead_of_committing_part_of_it() -> None:
+    consumer, producer = FakeConsumer([batch(0, 3), batch(3, 3)]), FakeTransactionalProducer()
+    producer.consumer = consumer
+    committer = ExactlyOnce(consumer, producer, 5.0, max_messages=1000, max_interval_s=3600)
+    runner = ServiceRunner(consumer, producer, FailingScorer(), CONFIG, committer=committer)
+    with pytest.raises(RuntimeError, match="model exploded"):
+        runner.run(threading.Event())
+    assert producer.transactions == ["init", "begin", "abort"]
+    assert producer.produced == [] and consumer.commits == [] and consumer.closed
+
+
+class CountingProducer(FakeProducer):
+    flushes = 0
+
+    def flush(self, timeout: float = -1) -> int:
+        self.flushes += 1
+        return super().flush(timeout)
+
+
+def test_after_an_undelivered_output_shutdown_neither_flushes_again_nor_commits() -> None:
+    consumer, producer = FakeConsumer([batch(0, 2)]), CountingProducer(fail_topic="predictions.tip")
+    runner = alo_runner(consumer, producer, max_messages=2)
+    with pytest.raises(DeliveryError):
+        runner.run(threading.Event())
+    runner.on_revoke(consumer, [])  # what leaving the group triggers
+    assert producer.flushes == 1 and consumer.commits == [] and consumer.closed
+
+
+def test_a_commit_refused_by_a_rebalance_keeps_the_positions_of_partitions_still_owned() -> None:
+    from shared.kafka import KafkaError, KafkaException
+
+    class OnceRebalancedConsumer(FakeConsumer):
+        refused = False
+
+        def commit(self, message=None, offsets=None, asynchronous=True):  # type: ignore[no-untyped-def]
+            if not self.refused:
+                self.refused = True
+                raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalancing"))
+            super().commit(message, offsets, asynchronous)
+
+    consumer, producer = OnceRebalancedConsumer([]), FakeProducer()
+    runner = alo_runner(consumer, producer, max_messages=3)
+    runner.process(batch(0, 3))  # due, refused: partition 0 is still assigned to this instance
+    assert consumer.commits == []
+    runner.process(batch(3, 1))
+    runner.close()
+    assert [[(tp.partition, tp.offset) for tp in offsets] for offsets in consumer.commits] == [[(0, 4)]]
