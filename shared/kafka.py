@@ -179,7 +179,7 @@ def make_consumer(client_config: Mapping[str, str], group_id: str, overrides: Ma
         "queued.max.messages.kbytes": 2048,
         # ...but a full prefetch queue then parks the partition's fetcher for fetch.queue.backoff.ms, 1 s by
         # default: the consumer drained its 2 MB and waited. 10 ms re-checks the queue as fast as it drains
-        # (the passthrough went from 40k to 112k events/s).
+        # (the benchmark's passthrough drained 43k events/s with the default, `git show 940d8e6:results/bench.json`).
         "fetch.queue.backoff.ms": 10,
         "socket.nagle.disable": True,
     }
