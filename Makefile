@@ -34,9 +34,12 @@ test-all: broker-jars
 faults: broker-jars
 	$(BIN)/python -m bench.faults $(ARGS)
 
-# Consumer benchmark against the raw client's ceiling and the peers: writes results/bench.{json,md,png}.
+# Consumer benchmark against the raw client's ceiling and the peers, with a 1M-event memory soak:
+# writes results/bench.{json,md,png}; then the per-stage CPU costs: results/scoring-costs.{json,md}.
+BENCH_ARGS ?= --soak 1000000
 bench: broker-jars
-	$(BIN)/python -m bench.consumers $(ARGS)
+	$(BIN)/python -m bench.consumers $(BENCH_ARGS) $(ARGS)
+	$(BIN)/python -m bench.scoring_costs
 
 bench-producer: broker-jars
 	$(BIN)/python -m bench.producer $(ARGS)
