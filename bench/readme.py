@@ -3,7 +3,7 @@
     python -m bench.readme
 
 Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` with results/<file>.md for
-NAME in bench, faults (any doc that has the markers).
+NAME in bench, faults, producer, costs (any doc that has the markers).
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = {"bench": "results/bench.md", "faults": "results/faults.md", "producer": "results/producer.md"}
-DOCS = ("README.md", "docs/guarantees.md", "docs/scaling.md")
+SECTIONS = {
+    "bench": "results/bench.md", "faults": "results/faults.md", "producer": "results/producer.md",
+    "costs": "results/scoring-costs.md",
+}
+DOCS = ("README.md", "docs/guarantees.md", "docs/scaling.md", "docs/performance.md")
 
 
 def replace_section(text: str, name: str, body: str) -> str:
