@@ -10,8 +10,8 @@ Each contender is a separate OS process scoring the same ride events from the sa
   faust, faust-batched   the same scorer on Faust agents (per event / stream.take), when faust is installed
 
 Measured per contender: sustained events/s draining a backlog (first to last output timestamp), p50/p95/p99
-event→output latency at fixed offered rates (input CreateTime to the moment a downstream reader sees the
-output), CPU seconds per 1k events while outputs flowed (all threads of the process, start-up excluded) and
+event→output latency at fixed offered rates and at "max", 90% of the contender's own drain rate (input
+CreateTime to the moment a downstream reader sees the output), CPU seconds per 1k events while outputs flowed (all threads of the process, start-up excluded) and
 peak RSS. A 2-core machine's absolute numbers drift by 2x between runs
 (the broker, the reader and the contender share the cores), so the passthrough and ridestream contenders
 drain the backlog in `--rounds` interleaved rounds, each round in a rotated order: a round's ratio compares
@@ -57,6 +57,10 @@ from shared.synthetic import synthesize_trips
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_INTERVAL_S = 60.0
 WARMUP_S = 1.0
+# "max" latency is measured at this share of a contender's own drain rate (at 100% its queue only grows),
+# and never above what the benchmark's single Python load generator paces reliably.
+MAX_RATE_SHARE = 0.9
+LOAD_GENERATOR_CAP = 100_000.0
 # Contenders whose ratios carry targets close enough to need repeated, interleaved rounds.
 ROUNDED = ("passthrough", "ridestream-alo", "ridestream-eos")
 
@@ -316,6 +320,11 @@ def measure_latency(contender: Contender, bootstrap: str, rate: float, seconds: 
     return {"offered_per_s": rate, "samples": len(latencies), "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
 
 
+def max_offered_rate(events_per_s: float) -> float:
+    """The offered rate of a contender's "max" latency run."""
+    return float(round(min(MAX_RATE_SHARE * events_per_s, LOAD_GENERATOR_CAP)))
+
+
 def rotated(names: list[str], round_index: int) -> list[str]:
     """The round's running order: each contender leads once every len(names) rounds."""
     shift = round_index % max(1, len(names))
@@ -377,11 +386,16 @@ def targets_table(result: Mapping[str, Any]) -> list[str]:
 
 def markdown(result: Mapping[str, Any]) -> str:
     rates = result["rates"]
-    head = "| contender | events/s | " + " | ".join(f"p99 ms @ {int(r):,}/s" for r in rates) + " | peak RSS MB | CPU s / 1k ev |"
-    lines = [head, "|---" * (4 + len(rates)) + "|"]
+    at_max = any("latency_at_max" in c for c in result["contenders"].values())
+    head = ("| contender | events/s | " + " | ".join(f"p99 ms @ {int(r):,}/s" for r in rates)
+            + (" | p99 ms @ max (offered/s)" if at_max else "") + " | peak RSS MB | CPU s / 1k ev |")
+    lines = [head, "|---" * (4 + len(rates) + at_max) + "|"]
     for name, c in result["contenders"].items():
         p99 = " | ".join(f"{c['p99_ms'][str(int(r))]:.0f}" if str(int(r)) in c["p99_ms"] else "— (over capacity)"
                          for r in rates)
+        if at_max:
+            top = c.get("latency_at_max")
+            p99 += " | " + (f"{top['p99_ms']:.0f} ({top['offered_per_s']:,.0f})" if top else "—")
         lines.append(f"| {name} | {c['events_per_s']:,} | {p99} | {c['peak_rss_mb']} | {c['cpu_s_per_1k_events']} |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in result["ratios"].items()]
     lines += ["", *targets_table(result)]
@@ -418,8 +432,11 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     left.set_title("sustained events/s (backlog)")
     left.tick_params(axis="x", rotation=30)
     for name in names:
-        p99 = result["contenders"][name]["p99_ms"]
-        right.plot([int(r) for r in p99], list(p99.values()), marker="o", label=name)
+        contender = result["contenders"][name]
+        points = sorted([(int(r), ms) for r, ms in contender["p99_ms"].items()]
+                        + ([(contender["latency_at_max"]["offered_per_s"], contender["latency_at_max"]["p99_ms"])]
+                           if "latency_at_max" in contender else []))
+        right.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
     if any(result["contenders"][n]["p99_ms"] for n in names):  # a throughput-only run has no curve to scale
         right.set_xscale("log")
         right.set_yscale("log")
@@ -466,6 +483,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved throughput rounds of passthrough and ridestream (median reported; odd)")
     parser.add_argument("--rates", default="1000,5000,20000")
+    parser.add_argument("--no-max-latency", dest="max_latency", action="store_false",
+                        help="skip the latency run at each contender's own top rate")
     parser.add_argument("--latency-seconds", type=float, default=8.0)
     parser.add_argument("--contenders", help="comma-separated subset (default: all available)")
     parser.add_argument("--bootstrap-servers")
@@ -512,6 +531,10 @@ def main() -> None:
                 latency = measure_latency(contender, bootstrap, rate, args.latency_seconds, models, work, seed=11)
                 results[contender.name]["latency"][str(int(rate))] = latency
                 results[contender.name]["p99_ms"][str(int(rate))] = latency["p99_ms"]
+            if args.max_latency:
+                top = max_offered_rate(results[contender.name]["events_per_s"])
+                results[contender.name]["latency_at_max"] = measure_latency(
+                    contender, bootstrap, top, args.latency_seconds, models, work, seed=11)
             print(f"{contender.name}: {json.dumps(results[contender.name])}", flush=True)
         soak = None
         if args.soak:
