@@ -81,7 +81,8 @@ MIN_TRAINING_ROWS = 50
 BOOSTER_DEFAULTS: dict[str, Any] = {"early_stopping": False, "random_state": 0}
 # Predict cost is ~0.9 ms per call plus ~7 µs per tree, paid on every micro-batch: 60 trees at learning rate 0.2
 # predict 60 rows in 1.5 ms instead of 300 trees at 0.1 in 3.2 ms, for RMSE 5.25 instead of 5.18 on green
-# 2021-02 (a sweep of 36 settings; 40 trees came within 0.01 of the 5.3 line).
+# 2021-02 (results/steps/duration-params-sweep.md: 36 settings; 40 trees saved 0.1 ms more and came within
+# 0.02 of the 5.3 line).
 DURATION_PARAMS: dict[str, Any] = {"loss": "squared_error", "max_iter": 60, "learning_rate": 0.2, "max_leaf_nodes": 31}
 # Progress events are ~90% of what the duration service scores, so this model's predict cost is the
 # service's throughput: 60 rounds at 0.25 predict in 3.3 ms per 1,000 rows against 7.7 ms for 200 at 0.1,
