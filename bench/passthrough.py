@@ -15,9 +15,7 @@ import time
 
 from shared.guarantees import AtLeastOnce, DeliveryLedger
 from shared.kafka import make_consumer, make_producer, produce_with_backoff
-from shared.runner import next_offsets
-
-FLUSH_TIMEOUT_S = 30.0
+from shared.runner import RunnerConfig, next_offsets
 
 
 def passthrough(bootstrap: str, source: str, target: str, group: str, batch_size: int, max_messages: int | None,
@@ -25,7 +23,7 @@ def passthrough(bootstrap: str, source: str, target: str, group: str, batch_size
     config = {"bootstrap.servers": bootstrap}
     consumer = make_consumer(config, group)
     producer = make_producer(config, {"linger.ms": 1})
-    committer = AtLeastOnce(consumer, producer, FLUSH_TIMEOUT_S)
+    committer = AtLeastOnce(consumer, producer, RunnerConfig.flush_timeout_s)
     consumer.subscribe([source])
     moved, last_record = 0, time.monotonic()
     try:

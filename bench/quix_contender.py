@@ -35,7 +35,6 @@ and pydantic-settings below ridestream's versions, so it gets its own `.venv-qui
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -44,8 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +78,10 @@ def _stamp(pins: list[str]) -> str:
     return json.dumps({"python": sys.version.split()[0], "pins": pins, "requirements": requirements}, sort_keys=True)
 
 
-@contextmanager
-def _build_lock(venv: Path) -> Iterator[None]:
-    # Two harness runs starting at once must not pip-install into the same venv concurrently.
-    # Outside the repo, so the lock never shows up as an untracked file.
-    lock_path = Path(tempfile.gettempdir()) / f"ridestream-quix-venv-{hashlib.sha256(str(venv).encode()).hexdigest()[:12]}.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def build_lock_path(venv: Path) -> Path:
+    # Two harness runs starting at once must not pip-install into the same venv concurrently. Outside the
+    # repo, so the lock never shows up as an untracked file.
+    return Path(tempfile.gettempdir()) / f"ridestream-quix-venv-{hashlib.sha256(str(venv).encode()).hexdigest()[:12]}.lock"
 
 
 def ensure_quix_venv(venv: Path = QUIX_VENV) -> Path:
@@ -106,7 +96,10 @@ def ensure_quix_venv(venv: Path = QUIX_VENV) -> Path:
     pins = main_venv_pins()
     wanted = _stamp(pins)
     stamp = venv / STAMP_NAME
-    with _build_lock(venv):
+    # Imported here: this runs on the harness side; the contender side (the Quix venv) has no psutil.
+    from shared.broker import exclusive_lock
+
+    with exclusive_lock(build_lock_path(venv)):
         if stamp.is_file() and stamp.read_text() == wanted and venv_python(venv).exists():
             return venv_python(venv)
         if not venv_python(venv).exists():

@@ -166,7 +166,7 @@ def ensure_kafka_jars(progress: Progress = _to_stderr) -> Path:
         raise BrokerError("Maven (`mvn`) is needed once to fetch the Kafka broker jars from Maven Central: "
                           "install it, e.g. apt-get install maven")
     home.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(home / ".lock"):
+    with exclusive_lock(home / ".lock"):
         if marker.is_file() and libs.is_dir():
             return libs  # another process fetched them while we waited for the lock
         progress(f"fetching Apache Kafka {KAFKA_VERSION} broker jars from Maven Central into {libs} (first use only)")
@@ -224,7 +224,8 @@ def _maven_errors(lines: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing): one process at a time past this point."""
     with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -174,16 +174,12 @@ class Pending:
         self.ledgers.clear()
 
 
-class AtLeastOnce:
-    """Commit the consumer group's offsets once every output produced before them is acknowledged.
+class IntervalCommitter:
+    """What both guarantees share: processed batches gather in `pending`, and the subclass's `commit()` makes
+    them durable when due (`max_messages` inputs or `max_interval_s` seconds), between batches once the
+    interval has run out, before partitions are revoked, and on a clean stop."""
 
-    Batches are not flushed one by one: outputs stream out while the next batches are scored, and every
-    `max_messages` inputs or `max_interval_s` seconds the producer is flushed, every delivery report checked
-    and the offsets committed (the Kafka Streams commit.interval model). A crash replays at most that much;
-    a per-batch flush and commit made the loop wait on two round trips per 1,000 events.
-    """
-
-    guarantee: ProcessingGuarantee = "at_least_once"
+    guarantee: ProcessingGuarantee
 
     def __init__(
         self,
@@ -203,7 +199,7 @@ class AtLeastOnce:
         self.abandoned = False
 
     def begin(self) -> None:
-        """Nothing to open: the offsets of a batch are only remembered until the next commit."""
+        """Called before a batch is produced; nothing to open unless the guarantee needs it."""
 
     def complete(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, service: str, records: int) -> bool:
         """Remember the batch; commit when due. True when this call committed."""
@@ -212,6 +208,39 @@ class AtLeastOnce:
         if self.pending.full() or self.pending.expired():
             return self.commit()
         return False
+
+    def commit(self) -> bool:
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        """Between batches: a quiet input still gets what it processed committed on time (and, under
+        exactly-once, its finished predictions made visible to read_committed readers)."""
+        if self.pending.expired():
+            self.commit()
+
+    def on_revoke(self, _partitions: Sequence[TopicPartition]) -> None:
+        """Partitions are leaving: commit what was processed so their next owner starts right after it
+        (KIP-447 lets an exactly-once owner read them as soon as the transaction commits)."""
+        self.commit()
+
+    def close(self) -> None:
+        """A clean stop (SIGTERM finishes the work it has done): commit everything processed."""
+        self.commit()
+
+
+class AtLeastOnce(IntervalCommitter):
+    """Commit the consumer group's offsets once every output produced before them is acknowledged.
+
+    Batches are not flushed one by one: outputs stream out while the next batches are scored, and every
+    `max_messages` inputs or `max_interval_s` seconds the producer is flushed, every delivery report checked
+    and the offsets committed (the Kafka Streams commit.interval model). A crash replays at most that much;
+    a per-batch flush and commit made the loop wait on two round trips per 1,000 events.
+    """
+
+    guarantee: ProcessingGuarantee = "at_least_once"
 
     def commit(self) -> bool:
         """Flush → verify every delivery report → commit the offsets, in that order. Returns False when the
@@ -241,19 +270,6 @@ class AtLeastOnce:
         self.pending.clear()
         return True
 
-    def tick(self) -> None:
-        """Between batches: a quiet input still gets its processed offsets committed on time."""
-        if self.pending.expired():
-            self.commit()
-
-    def on_revoke(self, _partitions: Sequence[TopicPartition]) -> None:
-        """Partitions are leaving: commit what was processed so their next owner does not replay it."""
-        self.commit()
-
-    def close(self) -> None:
-        """A clean stop: commit everything processed."""
-        self.commit()
-
     def abandon(self) -> None:
         """The run failed (an undelivered output, a fatal error, a bug): commit nothing more, not even from the
         revoke that leaving the group triggers; what was processed since the last commit is consumed again
@@ -262,7 +278,7 @@ class AtLeastOnce:
         self.pending.clear()
 
 
-class ExactlyOnce:
+class ExactlyOnce(IntervalCommitter):
     """Outputs and input offsets in one Kafka transaction, committed every `max_messages` records or
     `max_interval_s` seconds, whichever comes first (longer transactions amortise the commit round trips;
     shorter ones keep read_committed latency low)."""
@@ -279,14 +295,10 @@ class ExactlyOnce:
         clock: Callable[[], float] = time.monotonic,
         call_timeout_s: float = 15.0,
     ) -> None:
-        self.consumer = consumer
-        self.producer = producer
-        self.flush_timeout_s = flush_timeout_s
+        # pending.since is when the open transaction began; None means no transaction is open.
+        super().__init__(consumer, producer, flush_timeout_s, max_messages, max_interval_s, clock)
+        self.producer: TransactionalProducer = producer
         self.call_timeout_s = call_timeout_s
-        # `since` is when the open transaction began; None means no transaction is open.
-        self.pending = Pending(max_messages, max_interval_s, clock)
-        self.service = ""
-        self.abandoned = False
         # Fences any earlier instance with the same transactional.id and aborts its open transaction.
         self.producer.init_transactions(flush_timeout_s)
 
@@ -295,26 +307,19 @@ class ExactlyOnce:
             self.producer.begin_transaction()
             self.pending.open()
 
-    def complete(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, service: str, records: int) -> bool:
-        """Add the batch to the open transaction; commit it when it is due. True when committed."""
-        self.service = service
-        self.pending.add(offsets, ledger, records)
-        due = self.pending.full() or self.pending.expired()
-        if due:
-            self.commit()
-        return due
-
-    def commit(self) -> None:
+    def commit(self) -> bool:
         """flush → verify delivery → send_offsets_to_transaction → commit_transaction.
 
         The flush comes first because delivery callbacks run only while the client is polled. An undelivered
         record aborts the transaction and raises DeliveryError (nothing of it is visible, the offsets stay
         where they were). An abortable broker error aborts and rewinds the consumer to the committed offsets,
         so the batches are processed again in a new transaction; a fatal one (fenced: a newer instance has
-        our transactional.id) propagates and ends the process.
+        our transactional.id) propagates and ends the process. True when the transaction committed.
         """
-        if self.pending.since is None or self.abandoned:
-            return
+        if self.abandoned:
+            return False
+        if self.pending.since is None:
+            return True
         self.producer.flush(self.flush_timeout_s)
         problem = self.pending.first_problem()
         if problem is not None:
@@ -334,8 +339,9 @@ class ExactlyOnce:
                 raise
             log.warning("%s: transaction aborted (%s); rewinding to committed offsets", self.service, error)
             self.abort_and_rewind()
-            return
+            return False
         self.pending.clear()
+        return True
 
     def commit_with_retries(self) -> None:
         for attempt in range(COMMIT_RETRIES):
@@ -349,12 +355,6 @@ class ExactlyOnce:
                     raise
                 log.info("%s: retrying transaction commit (%s)", self.service, error)
 
-    def tick(self) -> None:
-        """Between batches: commit an open transaction whose interval has run out (a quiet input must not
-        hold finished predictions invisible to read_committed readers)."""
-        if self.pending.expired():
-            self.commit()
-
     def abort_and_rewind(self) -> None:
         self.producer.abort_transaction(self.flush_timeout_s)
         self.pending.clear()
@@ -363,15 +363,6 @@ class ExactlyOnce:
             # No committed offset yet (-1001): the group's reset policy (earliest) applies on re-fetch.
             if tp.offset >= 0:
                 self.consumer.seek(tp)
-
-    def on_revoke(self, _partitions: Sequence[TopicPartition]) -> None:
-        """Partitions are leaving this instance: commit what was processed from them before they go, so
-        the next owner starts exactly after it (KIP-447 lets it read them as soon as we commit)."""
-        self.commit()
-
-    def close(self) -> None:
-        """Commit the open transaction on a clean stop (SIGTERM finishes the work it has done)."""
-        self.commit()
 
     def abandon(self) -> None:
         """The run failed: abort the open transaction rather than commit it, since it may hold part of a batch

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from shared.dead_letter import DeadLetter, dead_letter_for
 from shared.errors import KafkaUnavailableError
-from shared.guarantees import AtLeastOnce, DeliveryLedger, ExactlyOnce
+from shared.guarantees import AtLeastOnce, DeliveryLedger, IntervalCommitter
 from shared.kafka import KafkaError, KafkaException, Message, TopicPartition, produce_with_backoff
 from shared.metrics import ServiceMetrics
 from shared.serde import Rejected, RideEventModel, decode_event
@@ -210,7 +210,7 @@ class ServiceRunner:
         config: RunnerConfig,
         metrics: ServiceMetrics | None = None,
         watch: BrokerWatch | None = None,
-        committer: AtLeastOnce | ExactlyOnce | None = None,
+        committer: IntervalCommitter | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
