@@ -52,7 +52,7 @@ from shared.kafka import (
     produce_with_backoff,
 )
 from shared.serde import encode
-from shared.synthetic import synthesize_trips
+from producer.synthetic import synthesize_trips
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_INTERVAL_S = 60.0
@@ -75,9 +75,9 @@ class Contender:
 def service_batch_size() -> int:
     """The duration service's micro-batch size (its default, or DURATION_BATCH_SIZE when exported for an
     experiment); the passthrough consumes batches of the same size."""
-    from consumers.duration.settings import DurationSettings
+    from shared.runner import DEFAULT_BATCH_SIZE
 
-    default = int(DurationSettings.model_fields["batch_size"].default)
+    default = DEFAULT_BATCH_SIZE
     return int(os.environ.get("DURATION_BATCH_SIZE", default))
 
 
@@ -91,7 +91,7 @@ def ridestream_command(guarantee: str, engine: str | None = None) -> Callable[..
         }
         if engine is None:
             return [sys.executable, "-m", "consumers.duration"], env
-        return [sys.executable, "-m", "shared.cli", "consume", "duration", "--engine", engine], env
+        return [sys.executable, "-m", "stack.cli", "consume", "duration", "--engine", engine], env
     return command
 
 
@@ -103,7 +103,7 @@ def passthrough_command(bootstrap: str, source: str, target: str, group: str, _m
 def faust_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("faust") is not None and importlib.util.find_spec("shared.faust_engine") is not None
+    return importlib.util.find_spec("faust") is not None and importlib.util.find_spec("stack.faust_engine") is not None
 
 
 def all_contenders() -> dict[str, Contender]:
@@ -506,7 +506,7 @@ def main() -> None:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ridestream-bench-")))
         bootstrap = args.bootstrap_servers
         if bootstrap is None:
-            from shared.broker import LocalKafka
+            from stack.broker import LocalKafka
 
             bootstrap = stack.enter_context(LocalKafka.start(nodes=1)).bootstrap_servers
         models = args.models or work / "models"

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from producer.source import ride_events
-from shared.broker import LocalKafka
-from shared.fleet import ServiceProcess, start_service, stop_service, wait_ready
+from stack.broker import LocalKafka
+from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
 from shared.kafka import ensure_topic, make_consumer, make_producer, produce_with_backoff
 from shared.serde import encode
-from shared.synthetic import synthesize_trips
+from producer.synthetic import synthesize_trips
 
 SERVICE = "duration"
 MODES = ("at_least_once", "exactly_once")

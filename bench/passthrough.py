@@ -14,21 +14,33 @@ import argparse
 import time
 
 from shared.guarantees import AtLeastOnce, DeliveryLedger
-from shared.kafka import make_consumer, make_producer, produce_with_backoff
-from shared.runner import RunnerConfig, next_offsets
+from shared.kafka import Message, make_producer, make_record_consumer, produce_with_backoff
+from shared.records import OffsetRange
+from shared.runner import DEFAULT_FLUSH_TIMEOUT_S
+
+
+def raw_offset_ranges(messages: list[Message]) -> list[OffsetRange]:
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for message in messages:
+        key, offset = (message.topic() or "", message.partition() or 0), message.offset() or 0
+        first, last = spans.get(key, (offset, offset))
+        spans[key] = (min(first, offset), max(last, offset))
+    return [OffsetRange(topic, partition, first, last + 1) for (topic, partition), (first, last) in spans.items()]
 
 
 def passthrough(bootstrap: str, source: str, target: str, group: str, batch_size: int, max_messages: int | None,
                 idle_timeout_s: float) -> int:
     config = {"bootstrap.servers": bootstrap}
-    consumer = make_consumer(config, group)
+    # The committer speaks the runtime's consumer seam; the loop consumes raw messages from its client, so the
+    # ceiling pays for no record conversion.
+    consumer = make_record_consumer(config, group)
     producer = make_producer(config, {"linger.ms": 1})
-    committer = AtLeastOnce(consumer, producer, RunnerConfig.flush_timeout_s)
-    consumer.subscribe([source])
+    committer = AtLeastOnce(consumer, producer, "passthrough", DEFAULT_FLUSH_TIMEOUT_S)
+    consumer.client.subscribe([source])
     moved, last_record = 0, time.monotonic()
     try:
         while max_messages is None or moved < max_messages:
-            batch = [m for m in consumer.consume(batch_size, 0.01) if m.error() is None]
+            batch = [m for m in consumer.client.consume(batch_size, 0.01) if m.error() is None]
             if not batch:
                 committer.tick()
                 if time.monotonic() - last_record > idle_timeout_s:
@@ -39,7 +51,7 @@ def passthrough(bootstrap: str, source: str, target: str, group: str, batch_size
             for message in batch:
                 ledger.expect()
                 produce_with_backoff(producer, target, message.key(), message.value(), ledger.on_delivery)
-            committer.complete(next_offsets(batch), ledger, "passthrough", len(batch))
+            committer.complete(raw_offset_ranges(batch), ledger, len(batch))
             moved += len(batch)
     finally:
         try:

@@ -24,8 +24,8 @@ from producer.publisher import publish_rides
 from producer.source import ride_events
 from shared.kafka import ensure_topic, make_producer, produce_with_backoff
 from shared.serde import encode
-from shared.synthetic import synthesize_trips
-from shared.trips import read_trips
+from producer.synthetic import synthesize_trips
+from producer.trips import read_trips
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "green_tripdata_2021-01.parquet"
 
@@ -66,7 +66,7 @@ def main() -> None:
     with ExitStack() as stack:
         bootstrap = args.bootstrap_servers
         if bootstrap is None:
-            from shared.broker import LocalKafka
+            from stack.broker import LocalKafka
 
             bootstrap = stack.enter_context(LocalKafka.start(nodes=1)).bootstrap_servers
         config = {"bootstrap.servers": bootstrap}

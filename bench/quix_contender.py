@@ -11,7 +11,7 @@
         .to_topic(predictions | dlq, key=outcome's)
 
 Same work as ridestream's duration service (bench/peers.py `score_record`): the same contract and decoding
-(`shared.serde.decode_event` via `shared.runner.plan_batch`), the same scorer
+(`shared.serde.decode_event` via `shared.runner.score_batch`), the same scorer
 (`consumers.duration.scorer.load_scorer`), the same prediction JSON (`shared.serde.encode`) keyed by ride_id,
 the same dead letters (original bytes plus `ridestream.*` reason headers) on the DLQ topic. What differs is
 the point of the comparison: a StreamingDataFrame processes records one at a time, so the scorer is called,
@@ -97,7 +97,7 @@ def ensure_quix_venv(venv: Path = QUIX_VENV) -> Path:
     wanted = _stamp(pins)
     stamp = venv / STAMP_NAME
     # Imported here: this runs on the harness side; the contender side (the Quix venv) has no psutil.
-    from shared.broker import exclusive_lock
+    from stack.broker import exclusive_lock
 
     with exclusive_lock(build_lock_path(venv)):
         if stamp.is_file() and stamp.read_text() == wanted and venv_python(venv).exists():
@@ -166,7 +166,8 @@ def build_app(bootstrap: str, source: str, target: str, dlq: str, group: str, mo
 
     def score(value: bytes | None, key: bytes | None, _timestamp: int, headers: Any) -> PeerOutput | None:
         context = message_context()
-        record = PeerRecord(value, key, headers, context.topic, context.partition, context.offset)
+        record = PeerRecord(context.topic, context.partition, context.offset, key, value,
+                            list(headers) if headers else None)
         return score_record(record, scorer, SERVICE, MAX_PAYLOAD_BYTES)
 
     def produced_now(*_: Any) -> int:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from bench.consumers import encoded_events, service_batch_size, train_bench_models
 from bench.peers import PeerRecord
@@ -34,7 +34,6 @@ from consumers.features import (
 from consumers.scoring import encode_prediction, predict_rows
 from schemas.events import RideProgress, RideStarted
 from schemas.predictions import DurationPrediction
-from shared.kafka import Message
 from shared.runner import score_batch
 from shared.serde import Rejected, decode_event, encode
 
@@ -67,7 +66,7 @@ def direct_encoded(events: Sequence[RideProgress], produced_at: datetime) -> lis
 
 def stage_costs(scorer: TripDurationScorer, values: list[tuple[bytes, bytes]], batch_size: int,
                 repeats: int) -> dict[str, float]:
-    records = [PeerRecord(value, key, None, "rides.events", 0, offset) for offset, (key, value) in enumerate(values)]
+    records = [PeerRecord("rides.events", 0, offset, key, value) for offset, (key, value) in enumerate(values)]
     decoded = [decode_event(value) for _key, value in values]
     typed = [e for e in decoded if not isinstance(e, Rejected) and e.event_type != "ride_completed"]
     started = [e for e in typed if isinstance(e, RideStarted)]
@@ -87,7 +86,7 @@ def stage_costs(scorer: TripDurationScorer, values: list[tuple[bytes, bytes]], b
         "encode: contract model + serialiser (before)": lambda: model_encoded(progress, now),
         "encode: encode_prediction (now)": lambda: direct_encoded(progress, now),
         "score_batch (decode, features, predict, encode)": lambda: [
-            score_batch(cast(Sequence[Message], b), scorer, "duration", 64 * 1024, now) for b in batches(records, batch_size)],
+            score_batch(b, scorer, "duration", 64 * 1024, now) for b in batches(records, batch_size)],
     }
     return {name: round(best_seconds(work, repeats) / len(values) * 1e6, 3) for name, work in stages.items()}
 

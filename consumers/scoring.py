@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import TypeAdapter
@@ -30,8 +30,10 @@ from threadpoolctl import ThreadpoolController
 from schemas.base import SCHEMA_VERSION
 from schemas.events import RideCompleted, RideProgress, RideStarted
 from schemas.predictions import CostPrediction, DurationPrediction, TipPrediction
+from consumers.features import StartColumns, start_columns_from_events, start_features
 
 Event = RideStarted | RideProgress | RideCompleted
+EventT = TypeVar("EventT", RideStarted, RideProgress, RideCompleted)
 Prediction = DurationPrediction | TipPrediction | CostPrediction
 
 # Payment types for which the TLC records a tip: card (1) and unknown (5, mostly rows whose codes the TLC
@@ -95,8 +97,11 @@ def encode_prediction(
 
 @dataclass
 class ScoreResult:
+    """A scorer's answer: the predictions, and (position in the events it was handed, reason) of the events
+    it could not score; positions, not the events, so the runner finds each failure's record directly."""
+
     predictions: list[EncodedPrediction] = field(default_factory=list)
-    failures: list[tuple[Event, str]] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
 
 
 @cache
@@ -136,21 +141,60 @@ def tip_where_recorded(predicted_tip: np.ndarray, payment_type: np.ndarray) -> n
     return np.where(np.isnan(predicted_tip), np.nan, tips)
 
 
-def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -> list[tuple[Event, str]]:
+def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -> list[tuple[int, str]]:
     """Events a scorer was handed but does not score (the runner filters them; this keeps the scorer total)."""
     return [
-        (event, f"{event.event_type} events are not scored here (scores {', '.join(sorted(scored_types))})")
-        for event in events
+        (position, f"{event.event_type} events are not scored here (scores {', '.join(sorted(scored_types))})")
+        for position, event in enumerate(events)
         if event.event_type not in scored_types
     ]
 
 
 def record_outcome(
-    result: ScoreResult, event: Event, value: float, model_name: str,
-    build: Callable[[Event, float], EncodedPrediction],
+    result: ScoreResult, position: int, event: EventT, value: float, model_name: str,
+    build: Callable[[EventT, float], EncodedPrediction],
 ) -> None:
-    """Append the event's prediction, or its failure when the model's number is not finite."""
+    """Append the event's prediction, or its failure (at `position`) when the model's number is not finite."""
     if math.isfinite(value):
         result.predictions.append(build(event, value))
     else:
-        result.failures.append((event, unscoreable_reason(value, model_name)))
+        result.failures.append((position, unscoreable_reason(value, model_name)))
+
+
+PostProcess = Callable[[np.ndarray, StartColumns], np.ndarray]
+
+
+class StartScorer:
+    """One model, scored at pickup: ride_started events → one value field of `contract` (tip, cost).
+
+    `post_process` turns the model's raw numbers into what the contract promises (never below 0, 0 where
+    tips go unrecorded); it must keep NaN, so that a broken row is still reported as unscoreable.
+    """
+
+    scored_event_types: frozenset[str] = frozenset({"ride_started"})
+
+    def __init__(
+        self, contract: type[Prediction], model_name: str, value_field: str, post_process: PostProcess,
+        model: Predictor, model_version: str,
+    ) -> None:
+        self.contract = contract
+        self.model_name = model_name
+        self.value_field = value_field
+        self.post_process = post_process
+        self.model = model
+        self.model_version = model_version
+        check_labels(contract, model_name, model_version)
+
+    def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
+        result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
+        started = [(position, e) for position, e in enumerate(events) if isinstance(e, RideStarted)]
+        columns = start_columns_from_events([e for _, e in started])
+        values = self.post_process(predict_rows(self.model, start_features(columns)), columns)
+
+        def prediction(event: RideStarted, value: float) -> EncodedPrediction:
+            return encode_prediction(self.contract, event, self.model_name, self.model_version, produced_at,
+                                     **{self.value_field: value})
+
+        for (position, event), value in zip(started, values.tolist()):
+            record_outcome(result, position, event, value, self.model_name, prediction)
+        return result

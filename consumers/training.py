@@ -54,7 +54,7 @@ from consumers.features import (
 from consumers.scoring import openmp_threads, tip_where_recorded
 from shared.errors import DataSourceError
 from shared.models import MODEL_NAMES, artifacts_present, fingerprint_frame, load_model, save_model
-from shared.ride_path import covered_distance
+from schemas.ride_path import covered_distance
 
 Progress = Callable[[str], None]
 
@@ -173,7 +173,7 @@ def recency_weights(pickup_epoch_s: np.ndarray, half_life_days: float) -> np.nda
 def sample_progress(trips: pd.DataFrame, per_ride: int, seed: int) -> ProgressSamples:
     """`per_ride` progress snapshots of each ride, at random times before dropoff, on its simulated path.
 
-    The path comes from shared.ride_path, the function the producer replays, so the dynamic model trains
+    The path comes from schemas.ride_path, the function the producer replays, so the dynamic model trains
     and is measured on the same kind of progress it is served.
     """
     rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from shared.cli import main
+from stack.cli import main
 
 if __name__ == "__main__":
     sys.argv[1:1] = ["produce"]

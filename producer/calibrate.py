@@ -2,7 +2,7 @@
 
     python -m producer.calibrate ../shared/data/green_tripdata_2021-01.parquet ../shared/data/green_tripdata_2021-02.parquet
 
-Writes `shared/calibration.json`: the statistics `shared/synthetic.py` draws from (zone pairs, distance per
+Writes `producer/calibration.json`: the statistics `producer/synthetic.py` draws from (zone pairs, distance per
 pair, pickup hour and weekday, speed by hour and distance, payment and tipping, codes). Only aggregates are
 kept, no ride, so the file is small and can ship with the package while the TLC files themselves do not.
 """
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.synthetic import CALIBRATION_PATH, local_pickup_time, metered_fare
-from shared.trips import read_many
+from producer.synthetic import CALIBRATION_PATH, local_pickup_time, metered_fare
+from producer.trips import read_many
 
 # Zone pairs kept by name; the rest of the mass is drawn as (pickup zone, dropoff zone) independently.
 TOP_PAIRS = 3000

@@ -16,8 +16,8 @@ from producer.settings import DEFAULT_SYNTHETIC_RIDES, ProducerSettings
 from producer.source import Pacer, count_events, ride_events
 from shared.kafka import ensure_topic, make_producer, wait_for_cluster
 from shared.settings import KafkaSettings
-from shared.synthetic import synthesize_trips
-from shared.trips import TripFrame, read_many
+from producer.synthetic import synthesize_trips
+from producer.trips import TripFrame, read_many
 
 
 @dataclass

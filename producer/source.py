@@ -1,7 +1,7 @@
 """Trips → the ride events a TaxiApp backend would publish, in event-time order; and replay pacing.
 
 Each trip becomes one `ride_started` at pickup, a `ride_progress` every `interval_s` of ride time along a
-simulated path (shared/ride_path.py) and one `ride_completed` at dropoff. Events of all rides are merged by
+simulated path (schemas/ride_path.py) and one `ride_completed` at dropoff. Events of all rides are merged by
 event time, so a replay interleaves rides the way a live city does. Pure: no Kafka here.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from schemas.events import RideCompleted, RideProgress, RideStarted
-from shared.ride_path import covered_distance, progress_times
+from schemas.ride_path import covered_distance, progress_times
 from shared.serde import RideEventModel
 
 PacingMode = Literal["max", "rate", "event_time"]

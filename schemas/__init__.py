@@ -5,13 +5,12 @@ from __future__ import annotations
 from schemas.base import SCHEMA_VERSION
 from schemas.events import RIDE_EVENT, RideCompleted, RideEvent, RideProgress, RideStarted
 from schemas.predictions import CostPrediction, DurationPrediction, Prediction, TipPrediction
-from schemas.topics import RIDE_EVENTS_TOPIC, SERVICES, ServiceName, dead_letter_topic, prediction_topic
+from schemas.topics import RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
 
 __all__ = [
     "RIDE_EVENT",
     "RIDE_EVENTS_TOPIC",
     "SCHEMA_VERSION",
-    "SERVICES",
     "CostPrediction",
     "DurationPrediction",
     "Prediction",
@@ -19,7 +18,6 @@ __all__ = [
     "RideEvent",
     "RideProgress",
     "RideStarted",
-    "ServiceName",
     "TipPrediction",
     "dead_letter_topic",
     "prediction_topic",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.kafka import Message
+from shared.records import Headers, InputRecord
 
 REASON_HEADER = "ridestream.reason"
 
@@ -17,18 +17,18 @@ REASON_HEADER = "ridestream.reason"
 class DeadLetter:
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: Headers
 
 
-def dead_letter_for(message: Message, reason: str, detail: str, service: str) -> DeadLetter:
-    """The dead-letter record for `message`, refused by `service` for `reason`."""
-    original = [(name, value or b"") for name, value in (message.headers() or [])]
+def dead_letter_for(record: InputRecord, reason: str, detail: str, service: str) -> DeadLetter:
+    """The dead-letter record for `record`, refused by `service` for `reason`."""
+    original = [(name, value or b"") for name, value in (record.headers or [])]
     ours = [
         (REASON_HEADER, reason.encode()),
         ("ridestream.error", detail.encode("utf-8", "replace")[:2000]),
         ("ridestream.service", service.encode()),
-        ("ridestream.source.topic", (message.topic() or "").encode()),
-        ("ridestream.source.partition", str(message.partition()).encode()),
-        ("ridestream.source.offset", str(message.offset()).encode()),
+        ("ridestream.source.topic", record.topic.encode()),
+        ("ridestream.source.partition", str(record.partition).encode()),
+        ("ridestream.source.offset", str(record.offset).encode()),
     ]
-    return DeadLetter(key=message.key(), value=message.value(), headers=original + ours)
+    return DeadLetter(key=record.key, value=record.value, headers=original + ours)

@@ -9,8 +9,10 @@
                     or not at all. A restarted instance reuses its transactional.id and fences its zombie.
 
 Both commit every `max_messages` inputs or `max_interval_s` seconds, whichever comes first. The runner calls
-`begin()` before producing a batch and `complete(offsets, ledger)` after; both strategies raise DeliveryError
-(retry after restart) or KafkaException (fatal) and never commit past an undelivered record.
+`begin()` before producing a batch and `complete(ranges, ledger, records, on_commit)` after; both strategies
+raise DeliveryError (retry after restart) or KafkaException (fatal) and never commit past an undelivered
+record. A batch's `on_commit` runs once its outputs are durable, so what metrics count as produced is what a
+reader can see: under exactly-once an aborted, replayed transaction is counted once, when it commits.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 from shared.errors import DeliveryError
 from shared.kafka import KafkaError, KafkaException, Message, TopicPartition
+from shared.protocols import MessageProducer, RecordConsumer, TransactionalProducer
+from shared.records import OffsetRange
 
 log = logging.getLogger(__name__)
 
@@ -93,31 +97,6 @@ class DeliveryLedger:
         return None
 
 
-class GroupConsumer(Protocol):
-    def commit(self, message: Message | None = ..., offsets: list[TopicPartition] | None = ..., asynchronous: bool = ...) -> Any: ...
-    def assignment(self) -> list[TopicPartition]: ...
-    def committed(self, partitions: list[TopicPartition], timeout: float = ...) -> list[TopicPartition]: ...
-    def seek(self, partition: TopicPartition) -> None: ...
-    def consumer_group_metadata(self) -> Any: ...
-
-
-class TransactionalProducer(Protocol):
-    def flush(self, timeout: float = ...) -> int: ...
-    def poll(self, timeout: float = ...) -> int: ...
-    def init_transactions(self, timeout: float = ...) -> None: ...
-    def begin_transaction(self) -> None: ...
-    def send_offsets_to_transaction(self, positions: list[TopicPartition], group_metadata: Any, timeout: float = ...) -> None: ...
-    def commit_transaction(self, timeout: float = ...) -> None: ...
-    def abort_transaction(self, timeout: float = ...) -> None: ...
-
-
-def merge_offsets(current: dict[tuple[str, int], int], offsets: Sequence[TopicPartition]) -> None:
-    """Fold `offsets` (next offsets to consume) into `current`, keeping the highest per partition."""
-    for tp in offsets:
-        key = (tp.topic, tp.partition)
-        current[key] = max(current.get(key, -1), tp.offset)
-
-
 # How often processed input is made durable, by default: after this many records or this long, whichever
 # comes first. Longer amortises the flush and commit round trips; shorter bounds what a crash replays (at
 # least once) or how long outputs stay invisible to read_committed readers (exactly once).
@@ -126,27 +105,38 @@ COMMIT_INTERVAL_S = 0.1
 
 
 class Pending:
-    """What was processed since the last commit: each partition's next offset, the delivery ledgers of the
-    outputs, how many inputs, and since when."""
+    """What was processed since the last commit: per partition the first offset consumed and the next one to
+    consume, the delivery ledgers of the outputs, what to run once they are durable, how many inputs, and
+    since when."""
 
     def __init__(self, max_messages: int, max_interval_s: float, clock: Callable[[], float]) -> None:
         self.max_messages = max_messages
         self.max_interval_s = max_interval_s
         self.clock = clock
         self.since: float | None = None
-        self.offsets: dict[tuple[str, int], int] = {}
+        self.first: dict[tuple[str, int], int] = {}
+        self.next: dict[tuple[str, int], int] = {}
         self.messages = 0
         self.ledgers: list[DeliveryLedger] = []
+        self.on_commit: list[Callable[[], None]] = []
 
     def open(self) -> None:
         if self.since is None:
             self.since = self.clock()
 
-    def add(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, records: int) -> None:
+    def add(
+        self, ranges: Sequence[OffsetRange], ledger: DeliveryLedger, records: int,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
         self.open()
-        merge_offsets(self.offsets, offsets)
+        for span in ranges:
+            key = (span.topic, span.partition)
+            self.first[key] = min(self.first.get(key, span.first), span.first)
+            self.next[key] = max(self.next.get(key, span.next), span.next)
         self.ledgers.append(ledger)
         self.messages += records
+        if on_commit is not None:
+            self.on_commit.append(on_commit)
 
     def full(self) -> bool:
         return self.messages >= self.max_messages
@@ -158,20 +148,35 @@ class Pending:
         return next((p for p in (ledger.first_problem() for ledger in self.ledgers) if p), None)
 
     def positions(self) -> list[TopicPartition]:
-        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.offsets.items()]
+        """The offsets to commit: per partition, the next one to consume."""
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.next.items()]
+
+    def rewind_points(self) -> list[TopicPartition]:
+        """Per partition, the first offset consumed since the last commit: where a replay must start."""
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in self.first.items()]
 
     def keep(self, positions: Sequence[TopicPartition], assigned: Sequence[TopicPartition]) -> None:
         """Carry `positions` of the partitions still `assigned` into the next commit."""
         owned = {(tp.topic, tp.partition) for tp in assigned}
-        kept = [tp for tp in positions if (tp.topic, tp.partition) in owned]
+        kept = [OffsetRange(tp.topic, tp.partition, tp.offset, tp.offset) for tp in positions
+                if (tp.topic, tp.partition) in owned]
         if kept:
             self.add(kept, DeliveryLedger(), 0)
 
+    def committed(self) -> None:
+        """The outputs are durable: run what waited for that, then start afresh."""
+        callbacks = list(self.on_commit)
+        self.clear()
+        for callback in callbacks:
+            callback()
+
     def clear(self) -> None:
         self.since = None
-        self.offsets.clear()
+        self.first.clear()
+        self.next.clear()
         self.messages = 0
         self.ledgers.clear()
+        self.on_commit.clear()
 
 
 class IntervalCommitter:
@@ -183,8 +188,9 @@ class IntervalCommitter:
 
     def __init__(
         self,
-        consumer: GroupConsumer,
-        producer: Any,
+        consumer: RecordConsumer,
+        producer: MessageProducer,
+        service: str,
         flush_timeout_s: float,
         max_messages: int = COMMIT_MAX_MESSAGES,
         max_interval_s: float = COMMIT_INTERVAL_S,
@@ -192,19 +198,22 @@ class IntervalCommitter:
     ) -> None:
         self.consumer = consumer
         self.producer = producer
+        self.service = service
         self.flush_timeout_s = flush_timeout_s
         self.pending = Pending(max_messages, max_interval_s, clock)
-        self.service = ""
         # Set once the run failed: nothing more may be committed (see abandon()).
         self.abandoned = False
 
     def begin(self) -> None:
         """Called before a batch is produced; nothing to open unless the guarantee needs it."""
 
-    def complete(self, offsets: Sequence[TopicPartition], ledger: DeliveryLedger, service: str, records: int) -> bool:
-        """Remember the batch; commit when due. True when this call committed."""
-        self.service = service
-        self.pending.add(offsets, ledger, records)
+    def complete(
+        self, ranges: Sequence[OffsetRange], ledger: DeliveryLedger, records: int,
+        on_commit: Callable[[], None] | None = None,
+    ) -> bool:
+        """Remember the batch; commit when due. True when this call committed. `on_commit` runs once the
+        batch's outputs are durable (never for a batch whose transaction aborts)."""
+        self.pending.add(ranges, ledger, records, on_commit)
         if self.pending.full() or self.pending.expired():
             return self.commit()
         return False
@@ -255,7 +264,7 @@ class AtLeastOnce(IntervalCommitter):
             raise DeliveryError(f"{self.service}: {problem}; offsets not committed")
         positions = self.pending.positions()
         try:
-            self.consumer.commit(offsets=positions, asynchronous=False)
+            self.consumer.commit(positions, asynchronous=False)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() not in LOST_OWNERSHIP:
@@ -264,10 +273,10 @@ class AtLeastOnce(IntervalCommitter):
             # partition's new owner consumes them again from the last commit (duplicates, never loss). The
             # partitions this instance still owns keep their positions for the next commit.
             log.warning("%s: offsets not committed, the group rebalanced (%s)", self.service, error)
-            self.pending.clear()
+            self.pending.committed()  # the outputs are delivered, so they count
             self.pending.keep(positions, self.consumer.assignment())
             return False
-        self.pending.clear()
+        self.pending.committed()
         return True
 
     def abandon(self) -> None:
@@ -287,8 +296,9 @@ class ExactlyOnce(IntervalCommitter):
 
     def __init__(
         self,
-        consumer: GroupConsumer,
+        consumer: RecordConsumer,
         producer: TransactionalProducer,
+        service: str,
         flush_timeout_s: float,
         max_messages: int = COMMIT_MAX_MESSAGES,
         max_interval_s: float = COMMIT_INTERVAL_S,
@@ -296,7 +306,7 @@ class ExactlyOnce(IntervalCommitter):
         call_timeout_s: float = 15.0,
     ) -> None:
         # pending.since is when the open transaction began; None means no transaction is open.
-        super().__init__(consumer, producer, flush_timeout_s, max_messages, max_interval_s, clock)
+        super().__init__(consumer, producer, service, flush_timeout_s, max_messages, max_interval_s, clock)
         self.producer: TransactionalProducer = producer
         self.call_timeout_s = call_timeout_s
         # Fences any earlier instance with the same transactional.id and aborts its open transaction.
@@ -312,8 +322,8 @@ class ExactlyOnce(IntervalCommitter):
 
         The flush comes first because delivery callbacks run only while the client is polled. An undelivered
         record aborts the transaction and raises DeliveryError (nothing of it is visible, the offsets stay
-        where they were). An abortable broker error aborts and rewinds the consumer to the committed offsets,
-        so the batches are processed again in a new transaction; a fatal one (fenced: a newer instance has
+        where they were). An abortable broker error aborts and rewinds every partition the transaction read
+        to the first offset it consumed, so the batches are processed again in a new transaction; a fatal one (fenced: a newer instance has
         our transactional.id) propagates and ends the process. True when the transaction committed.
         """
         if self.abandoned:
@@ -337,10 +347,10 @@ class ExactlyOnce(IntervalCommitter):
             error: KafkaError = exc.args[0]
             if error.fatal() or not error.txn_requires_abort():
                 raise
-            log.warning("%s: transaction aborted (%s); rewinding to committed offsets", self.service, error)
+            log.warning("%s: transaction aborted (%s); rewinding to its first offsets", self.service, error)
             self.abort_and_rewind()
             return False
-        self.pending.clear()
+        self.pending.committed()
         return True
 
     def commit_with_retries(self) -> None:
@@ -356,12 +366,17 @@ class ExactlyOnce(IntervalCommitter):
                 log.info("%s: retrying transaction commit (%s)", self.service, error)
 
     def abort_and_rewind(self) -> None:
+        """Abort the open transaction and seek every partition it consumed back to the first offset it
+        consumed there. Aborting does not move the consumer's fetch position, and a partition without a
+        committed offset (a new group, a new partition) has no other point to return to: without this seek
+        the aborted inputs would be skipped (librdkafka examples/transactions.c, rewind_consumer)."""
+        rewind = self.pending.rewind_points()
         self.producer.abort_transaction(self.flush_timeout_s)
         self.pending.clear()
-        assigned = self.consumer.assignment()
-        for tp in self.consumer.committed(assigned, self.flush_timeout_s) if assigned else []:
-            # No committed offset yet (-1001): the group's reset policy (earliest) applies on re-fetch.
-            if tp.offset >= 0:
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for tp in rewind:
+            # A partition revoked meanwhile is its new owner's: it resumes from the last commit.
+            if (tp.topic, tp.partition) in owned:
                 self.consumer.seek(tp)
 
     def abandon(self) -> None:

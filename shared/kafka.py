@@ -1,14 +1,16 @@
-"""The one module that imports confluent_kafka: client factories and admin helpers.
+"""The one module that imports confluent_kafka: client factories, the consumer's edge (records out) and
+admin helpers.
 
-Everything else talks to the small Protocols below, so the runner can be exercised against in-memory fakes
-and against the real broker with the same code.
+Everything else talks to the Protocols of `shared.protocols` and to `shared.records.InputRecord`, so the
+runner can be exercised against in-memory fakes and against the real broker with the same code.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -22,6 +24,10 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from shared.errors import KafkaUnavailableError
+from shared.protocols import DeliveryCallback, MessageProducer
+from shared.records import Headers, InputRecord
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "OFFSET_BEGINNING",
@@ -29,6 +35,7 @@ __all__ = [
     "DeliveryCallback",
     "KafkaError",
     "KafkaException",
+    "KafkaRecordConsumer",
     "Message",
     "MessageProducer",
     "Producer",
@@ -37,30 +44,12 @@ __all__ = [
     "ensure_topic",
     "make_consumer",
     "make_producer",
+    "make_record_consumer",
     "partition_count",
     "produce_with_backoff",
+    "records_of",
     "wait_for_cluster",
 ]
-
-DeliveryCallback = Callable[[KafkaError | None, Message], None]
-
-
-class MessageProducer(Protocol):
-    """The part of a Kafka producer that publishing code needs."""
-
-    def produce(
-        self,
-        topic: str,
-        value: bytes | None = ...,
-        key: bytes | None = ...,
-        on_delivery: DeliveryCallback | None = ...,
-        headers: Sequence[tuple[str, bytes]] | None = ...,
-    ) -> None: ...
-
-    def poll(self, timeout: float = ...) -> int: ...
-
-    def flush(self, timeout: float = ...) -> int: ...
-
 
 # When librdkafka's local queue is full, serve delivery reports for this long before retrying the produce.
 QUEUE_FULL_BACKOFF_S = 0.05
@@ -68,7 +57,7 @@ QUEUE_FULL_BACKOFF_S = 0.05
 
 def produce_with_backoff(
     producer: MessageProducer, topic: str, key: bytes | None, value: bytes | None,
-    on_delivery: DeliveryCallback | None = None, headers: Sequence[tuple[str, bytes]] | None = None,
+    on_delivery: DeliveryCallback | None = None, headers: Headers | None = None,
 ) -> None:
     """Produce one record; a full local queue is drained (delivery reports served), never raised."""
     while True:
@@ -185,3 +174,72 @@ def make_consumer(client_config: Mapping[str, str], group_id: str, overrides: Ma
     }
     config.update(overrides or {})
     return Consumer(config)
+
+
+def records_of(messages: Sequence[Message]) -> list[InputRecord]:
+    """The engine-neutral records of a consume() call. A fatal client error ends the run (KafkaException);
+    any other error record (a partition EOF, a transient broker error) is logged and retried by librdkafka."""
+    records: list[InputRecord] = []
+    for message in messages:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            log.warning("consumer error (will retry): %s", error)
+            continue
+        records.append(InputRecord(
+            message.topic() or "", message.partition() or 0, message.offset() or 0, message.key(),
+            message.value(), message.headers(), message.timestamp()[1],
+        ))
+    return records
+
+
+class KafkaRecordConsumer:
+    """A confluent_kafka.Consumer whose `consume` hands out InputRecords (shared.protocols.RecordConsumer)."""
+
+    def __init__(self, client: Consumer) -> None:
+        self.client = client
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[InputRecord]:
+        return records_of(self.client.consume(num_messages, timeout))
+
+    def subscribe(self, topics: list[str], on_assign: Callable[..., None], on_revoke: Callable[..., None]) -> None:
+        self.client.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = False) -> Any:
+        return self.client.commit(offsets=offsets, asynchronous=asynchronous)
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self.client.assignment())
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return list(self.client.position(partitions))
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int] | None:
+        marks = self.client.get_watermark_offsets(partition, timeout, cached) if timeout is not None else (
+            self.client.get_watermark_offsets(partition, cached=cached))
+        return None if marks is None else (int(marks[0]), int(marks[1]))
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
+        return list(self.client.committed(partitions, timeout))
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.client.seek(partition)
+
+    def consumer_group_metadata(self) -> Any:
+        return self.client.consumer_group_metadata()
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        return self.client.list_topics(topic, timeout)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_record_consumer(
+    client_config: Mapping[str, str], group_id: str, overrides: Mapping[str, Any] | None = None
+) -> KafkaRecordConsumer:
+    """make_consumer's client behind the runtime's RecordConsumer seam."""
+    return KafkaRecordConsumer(make_consumer(client_config, group_id, overrides))

@@ -1,4 +1,5 @@
-"""SIGTERM/SIGINT → a stop event the run loop checks between batches.
+"""A process's life: SIGTERM/SIGINT → a stop event the run loop checks between batches, logging, and the
+guard that turns a domain error into one plain line and a non-zero exit.
 
 The first signal asks for a clean stop (finish the batch, flush, commit, leave the group); a second Ctrl+C
 restores Python's default handler so an impatient person can still interrupt a stuck shutdown.
@@ -6,9 +7,19 @@ restores Python's default handler so an impatient person can still interrupt a s
 
 from __future__ import annotations
 
+import logging
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from shared.errors import RidestreamError
+
+T = TypeVar("T")
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
@@ -21,3 +32,26 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+    )
+
+
+def run_guarded(command: Callable[[], T]) -> T:
+    """Run `command`; a domain error or invalid setting becomes one plain line and a non-zero exit.
+
+    The entry points of every process (the `ridestream` CLI, `python -m consumers.<service>`) go through
+    here; it needs no CLI library, so a scoring process imports only what it runs."""
+    configure_logging()
+    try:
+        return command()
+    except RidestreamError as error:
+        print(f"ridestream: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except ValidationError as error:
+        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+        print(f"ridestream: invalid settings: {details}", file=sys.stderr)
+        sys.exit(2)

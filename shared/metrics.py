@@ -31,9 +31,9 @@ class ServiceMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events_in = Counter("ridestream_events_in", "Input records consumed", ["service", "event_type"], registry=r)
-        self.predictions_out = Counter("ridestream_predictions_out", "Predictions produced (handed to the Kafka client; the committer verifies their delivery before committing)", ["service"], registry=r)
+        self.predictions_out = Counter("ridestream_predictions_out", "Predictions produced and made durable (counted when the commit covering them succeeds, so an aborted and replayed exactly-once transaction counts once)", ["service"], registry=r)
         self.ignored = Counter("ridestream_events_ignored", "Valid events this service does not score", ["service", "event_type"], registry=r)
-        self.dead_lettered = Counter("ridestream_dead_lettered", "Records sent to the dead-letter topic", ["service", "reason"], registry=r)
+        self.dead_lettered = Counter("ridestream_dead_lettered", "Records sent to the dead-letter topic (counted on commit, like predictions)", ["service", "reason"], registry=r)
         self.batch_size = Histogram("ridestream_batch_size", "Records per micro-batch", ["service"], buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.batch_seconds = Histogram("ridestream_batch_processing_seconds", "Decode→score→produce time per batch (plus the flush and commit when one falls due)", ["service"], registry=r)
         self.latency = Histogram("ridestream_event_to_prediction_seconds", "Input record timestamp to prediction produced", ["service"], buckets=LATENCY_BUCKETS, registry=r)
@@ -55,13 +55,15 @@ class ServiceMetrics:
     def on_dead_letter(self, reason: str, count: int = 1) -> None:
         self.dead_lettered.labels(self.service, reason).inc(count)
 
-    def on_batch(self, size: int, seconds: float, predictions: int, latencies_s: Iterable[float]) -> None:
+    def on_batch(self, size: int, seconds: float, latencies_s: Iterable[float]) -> None:
         self.batch_size.labels(self.service).observe(size)
         self.batch_seconds.labels(self.service).observe(seconds)
-        self.predictions_out.labels(self.service).inc(predictions)
         histogram = self.latency.labels(self.service)
         for latency in latencies_s:
             histogram.observe(latency)
+
+    def on_predictions(self, count: int) -> None:
+        self.predictions_out.labels(self.service).inc(count)
 
     def on_lag(self, topic: str, partition: int, lag: int) -> None:
         self.lag.labels(self.service, topic, str(partition)).set(lag)

@@ -4,8 +4,8 @@
     letters → every commit interval: flush, verify delivery, commit the offsets
 
 No business logic lives here: decoding is `shared.serde`, scoring is the service's pure scorer, dead-letter
-records are `shared.dead_letter`. The loop talks to Protocols, so component tests drive it with in-memory
-fakes and integration tests with the real broker.
+records are `shared.dead_letter`. The loop talks to the Protocols of `shared.protocols` and to engine-neutral
+`InputRecord`s, so component tests drive it with in-memory fakes and integration tests with the real broker.
 """
 
 from __future__ import annotations
@@ -17,58 +17,25 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from shared.dead_letter import DeadLetter, dead_letter_for
 from shared.errors import KafkaUnavailableError
 from shared.guarantees import AtLeastOnce, DeliveryLedger, IntervalCommitter
-from shared.kafka import KafkaError, KafkaException, Message, TopicPartition, produce_with_backoff
+from shared.kafka import KafkaError, KafkaException, TopicPartition, produce_with_backoff
 from shared.metrics import ServiceMetrics
+from shared.protocols import EncodedOutput, MessageProducer, RecordConsumer, Scorer
+from shared.records import Headers, InputRecord, offset_ranges
 from shared.serde import Rejected, RideEventModel, decode_event
 
 log = logging.getLogger(__name__)
 
-
-class BatchConsumer(Protocol):
-    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Message]: ...
-    def commit(self, message: Message | None = ..., offsets: list[TopicPartition] | None = ..., asynchronous: bool = ...) -> Any: ...
-    def assignment(self) -> list[TopicPartition]: ...
-    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]: ...
-    def get_watermark_offsets(self, partition: TopicPartition, timeout: float | None = ..., cached: bool = ...) -> tuple[int, int] | None: ...
-    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
-    def close(self) -> None: ...
-
-
-class BatchProducer(Protocol):
-    def produce(self, topic: str, value: bytes | None = ..., key: bytes | None = ..., on_delivery: Any = ..., headers: Any = ...) -> None: ...
-    def poll(self, timeout: float = ...) -> int: ...
-    def flush(self, timeout: float = ...) -> int: ...
-
-
-class EncodedOutput(Protocol):
-    """A scorer's prediction, already encoded (consumers.scoring.EncodedPrediction)."""
-
-    @property
-    def key(self) -> bytes: ...
-    @property
-    def value(self) -> bytes: ...
-
-
-class ScoreResultLike(Protocol):
-    @property
-    def predictions(self) -> Sequence[EncodedOutput]: ...
-    @property
-    def failures(self) -> Sequence[tuple[Any, str]]: ...
-
-
-class Scorer(Protocol):
-    """A service's pure scoring step (see consumers/<service>/scorer.py)."""
-
-    model_name: str
-    model_version: str
-    scored_event_types: frozenset[str]
-
-    def score(self, events: Sequence[Any], produced_at: datetime) -> ScoreResultLike: ...
+# The defaults of a service's loop, in one place: ServiceSettings, the CLI help and README show these.
+DEFAULT_BATCH_SIZE = 2000
+DEFAULT_BATCH_TIMEOUT_S = 0.01
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
+DEFAULT_BROKER_LOSS_TIMEOUT_S = 60.0
+DEFAULT_FLUSH_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -76,11 +43,11 @@ class RunnerConfig:
     service: str
     output_topic: str
     dlq_topic: str
-    batch_size: int = 500
-    batch_timeout_s: float = 0.01
-    max_payload_bytes: int = 64 * 1024
-    broker_loss_timeout_s: float = 60.0
-    flush_timeout_s: float = 30.0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    broker_loss_timeout_s: float = DEFAULT_BROKER_LOSS_TIMEOUT_S
+    flush_timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S
     lag_interval_s: float = 5.0
     # Bounded runs, for tests and benchmarks: stop after this many records / this long without any.
     max_messages: int | None = None
@@ -96,16 +63,58 @@ class RunStats:
     batches: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A record that decoded into an event this service scores."""
+
+    record: InputRecord
+    event: RideEventModel
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A record that is dead-lettered, and why."""
+
+    record: InputRecord
+    reason: str
+    detail: str
+
+
 @dataclass
 class BatchPlan:
     """One micro-batch sorted into what to score, what to dead-letter and what to pass over."""
 
-    to_score: list[RideEventModel] = field(default_factory=list)
-    sources: list[Message] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    dead_reasons: list[str] = field(default_factory=list)
+    to_score: list[Decoded] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-    event_types: list[str] = field(default_factory=list)
+    # Refusals by the decoder (not the model): each counts as an "invalid" input event.
+    undecoded: int = 0
+
+    def events(self) -> list[RideEventModel]:
+        return [decoded.event for decoded in self.to_score]
+
+    def event_types(self) -> Counter[str]:
+        """Inputs by event type, refused ones as "invalid"."""
+        counts = Counter(decoded.event.event_type for decoded in self.to_score)
+        counts.update(self.ignored)
+        if self.undecoded:
+            counts["invalid"] += self.undecoded
+        return counts
+
+    def dead_reasons(self) -> Counter[str]:
+        return Counter(refusal.reason for refusal in self.refused)
+
+    def dead_letters(self, service: str) -> list[DeadLetter]:
+        return [dead_letter_for(r.record, r.reason, r.detail, service) for r in self.refused]
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """What one micro-batch becomes: its plan, its encoded predictions and its dead-letter records."""
+
+    plan: BatchPlan
+    predictions: Sequence[EncodedOutput]
+    dead_letters: list[DeadLetter]
 
 
 class BrokerWatch:
@@ -130,82 +139,70 @@ class BrokerWatch:
         return 0.0 if self.down_since is None else time.monotonic() - self.down_since
 
 
-def plan_batch(messages: Sequence[Message], scored_types: frozenset[str], service: str, max_payload: int) -> BatchPlan:
-    """Decode every record; sort it into scored, dead-lettered (with the reason) or ignored."""
+def plan_batch(records: Sequence[InputRecord], scored_types: frozenset[str], max_payload: int) -> BatchPlan:
+    """Decode every record; sort it into scored, refused (with the reason) or ignored."""
     plan = BatchPlan()
-    for message in messages:
-        value = message.value()
+    for record in records:
+        value = record.value
         decoded: RideEventModel | Rejected = (
             Rejected("oversized", f"{len(value)} bytes > {max_payload}")
             if value is not None and len(value) > max_payload
             else decode_event(value)
         )
         if isinstance(decoded, Rejected):
-            plan.dead_letters.append(dead_letter_for(message, decoded.reason, decoded.detail, service))
-            plan.dead_reasons.append(decoded.reason)
-            plan.event_types.append("invalid")
+            plan.refused.append(Refused(record, decoded.reason, decoded.detail))
+            plan.undecoded += 1
         elif decoded.event_type in scored_types:
-            plan.to_score.append(decoded)
-            plan.sources.append(message)
-            plan.event_types.append(decoded.event_type)
+            plan.to_score.append(Decoded(record, decoded))
         else:
             plan.ignored.append(decoded.event_type)
-            plan.event_types.append(decoded.event_type)
     return plan
 
 
 def score_batch(
-    messages: Sequence[Message], scorer: Scorer, service: str, max_payload: int, produced_at: datetime
-) -> tuple[BatchPlan, Sequence[EncodedOutput]]:
-    """Decode a micro-batch, score its valid events with one call, and add the rows the model could not
-    score to the plan's dead letters. Returns the plan and the predictions. Every engine (this runner, the
-    Faust agents, the benchmark's peers) goes through here, so what is scored or refused, and why, is
-    decided in one place."""
-    plan = plan_batch(messages, scorer.scored_event_types, service, max_payload)
-    result = scorer.score(plan.to_score, produced_at)
-    source_of = {id(event): message for event, message in zip(plan.to_score, plan.sources)}
-    for event, reason in result.failures:
-        plan.dead_letters.append(dead_letter_for(source_of[id(event)], "unscoreable", reason, service))
-        plan.dead_reasons.append("unscoreable")
-    return plan, result.predictions
+    records: Sequence[InputRecord], scorer: Scorer, service: str, max_payload: int, produced_at: datetime
+) -> ScoredBatch:
+    """Decode a micro-batch, score its valid events with one call, and refuse the rows the model could not
+    score. Every engine (this runner, the Faust agents, the benchmark's peers) goes through here, so what is
+    scored or refused, and why, is decided in one place."""
+    plan = plan_batch(records, scorer.scored_event_types, max_payload)
+    result = scorer.score(plan.events(), produced_at)
+    for position, reason in result.failures:
+        plan.refused.append(Refused(plan.to_score[position].record, "unscoreable", reason))
+    return ScoredBatch(plan, result.predictions, plan.dead_letters(service))
 
 
-def record_batch(
-    metrics: ServiceMetrics, stats: RunStats, plan: BatchPlan, consumed: int, predictions: int, seconds: float
-) -> None:
-    """Metrics and run counters of one processed batch."""
+def record_batch(metrics: ServiceMetrics, stats: RunStats, batch: ScoredBatch, consumed: int, seconds: float) -> None:
+    """Metrics and run counters of one processed batch (what it produced is counted on commit:
+    `count_outputs`)."""
     now_ms = time.time() * 1000
-    stamps = [m.timestamp()[1] for m in plan.sources]
-    latencies = [max(0.0, (now_ms - stamp) / 1000) for stamp in stamps if stamp > 0]
+    latencies = [max(0.0, (now_ms - d.record.timestamp_ms) / 1000) for d in batch.plan.to_score
+                 if d.record.timestamp_ms > 0]
     # One counter update per kind and batch: a labelled counter costs microseconds per call.
-    for event_type, count in Counter(plan.event_types).items():
+    for event_type, count in batch.plan.event_types().items():
         metrics.on_event(event_type, count)
-    for event_type, count in Counter(plan.ignored).items():
+    for event_type, count in Counter(batch.plan.ignored).items():
         metrics.on_ignored(event_type, count)
-    for reason, count in Counter(plan.dead_reasons).items():
-        metrics.on_dead_letter(reason, count)
-    metrics.on_batch(consumed, seconds, predictions, latencies)
+    metrics.on_batch(consumed, seconds, latencies)
     stats.consumed += consumed
-    stats.predictions += predictions
-    stats.dead_lettered += len(plan.dead_letters)
-    stats.ignored += len(plan.ignored)
+    stats.predictions += len(batch.predictions)
+    stats.dead_lettered += len(batch.dead_letters)
+    stats.ignored += len(batch.plan.ignored)
     stats.batches += 1
 
 
-def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    """The offsets to commit after `messages`: per partition, one past the highest offset seen."""
-    highest: dict[tuple[str, int], int] = {}
-    for message in messages:
-        key = (message.topic(), message.partition())
-        highest[key] = max(highest.get(key, -1), message.offset())
-    return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in highest.items()]
+def count_outputs(metrics: ServiceMetrics, batch: ScoredBatch) -> None:
+    """The batch's predictions and dead letters are durable (committed): count them."""
+    metrics.on_predictions(len(batch.predictions))
+    for reason, count in batch.plan.dead_reasons().items():
+        metrics.on_dead_letter(reason, count)
 
 
 class ServiceRunner:
     def __init__(
         self,
-        consumer: BatchConsumer,
-        producer: BatchProducer,
+        consumer: RecordConsumer,
+        producer: MessageProducer,
         scorer: Scorer,
         config: RunnerConfig,
         metrics: ServiceMetrics | None = None,
@@ -214,7 +211,7 @@ class ServiceRunner:
     ) -> None:
         self.consumer = consumer
         self.producer = producer
-        self.committer = committer or AtLeastOnce(consumer, producer, config.flush_timeout_s)
+        self.committer = committer or AtLeastOnce(consumer, producer, config.service, config.flush_timeout_s)
         self.scorer = scorer
         self.config = config
         self.metrics = metrics or ServiceMetrics(config.service)
@@ -229,9 +226,8 @@ class ServiceRunner:
         finished = False
         try:
             while not stop.is_set():
-                messages = self.consumer.consume(self.config.batch_size, self.config.batch_timeout_s)
+                records = self.consumer.consume(self.config.batch_size, self.config.batch_timeout_s)
                 self.raise_if_fatal()
-                records = [m for m in messages if self.usable(m)]
                 self.metrics.on_loop(ready=bool(self.consumer.assignment()) and self.watch.down_since is None)
                 if records:
                     self.watch.on_contact()
@@ -247,15 +243,6 @@ class ServiceRunner:
         finally:
             self.close(clean=finished)
         return self.stats
-
-    def usable(self, message: Message) -> bool:
-        error = message.error()
-        if error is None:
-            return True
-        if error.fatal():
-            raise KafkaException(error)
-        log.warning("consumer error (will retry): %s", error)
-        return False
 
     def raise_if_fatal(self) -> None:
         if self.watch.fatal is not None:
@@ -281,7 +268,7 @@ class ServiceRunner:
         idle = self.config.idle_timeout_s
         return idle is not None and time.monotonic() - last_record > idle
 
-    def process(self, messages: Sequence[Message]) -> None:
+    def process(self, records: Sequence[InputRecord]) -> None:
         """One micro-batch, in the order that makes at-least-once hold.
 
         1. decode and validate every record; refused ones become dead letters (never dropped);
@@ -295,22 +282,24 @@ class ServiceRunner:
         """
         started = time.monotonic()
         self.committer.begin()
-        plan, predictions = score_batch(messages, self.scorer, self.config.service, self.config.max_payload_bytes,
-                                        datetime.now(UTC))
+        batch = score_batch(records, self.scorer, self.config.service, self.config.max_payload_bytes,
+                            datetime.now(UTC))
         ledger = DeliveryLedger()
-        self.produce_outputs(predictions, plan.dead_letters, ledger)
-        self.committer.complete(next_offsets(messages), ledger, self.config.service, len(messages))
-        record_batch(self.metrics, self.stats, plan, len(messages), len(predictions), time.monotonic() - started)
+        self.produce_outputs(batch, ledger)
+        self.committer.complete(offset_ranges(records), ledger, len(records),
+                                on_commit=lambda: count_outputs(self.metrics, batch))
+        record_batch(self.metrics, self.stats, batch, len(records), time.monotonic() - started)
 
-    def produce_outputs(self, predictions: Sequence[EncodedOutput], dead_letters: Sequence[DeadLetter], ledger: DeliveryLedger) -> None:
-        for prediction in predictions:
-            ledger.expect()
+    def produce_outputs(self, batch: ScoredBatch, ledger: DeliveryLedger) -> None:
+        for prediction in batch.predictions:
             self.produce(self.config.output_topic, prediction.key, prediction.value, None, ledger)
-        for letter in dead_letters:
-            ledger.expect()
+        for letter in batch.dead_letters:
             self.produce(self.config.dlq_topic, letter.key, letter.value, letter.headers, ledger)
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, ledger: DeliveryLedger) -> None:
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None, ledger: DeliveryLedger
+    ) -> None:
+        ledger.expect()
         produce_with_backoff(self.producer, topic, key, value, ledger.on_delivery, headers)
 
     def report_lag(self) -> None:

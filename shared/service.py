@@ -1,7 +1,8 @@
 """What every scoring service has in common: its settings shape and how its parts are wired to run.
 
-A service module (consumers/<service>/) declares a `ServiceSettings` subclass with its own defaults and env
-prefix, and a scorer; `run_service` does the rest.
+A service is a spec in the registry (consumers/registry.py): `settings_class(name, env_prefix)` gives its
+settings (ServiceSettings with the service's defaults and environment prefix), its spec gives the scorer,
+and `run_service` does the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topics import RIDE_EVENTS_TOPIC
+from schemas.topics import RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
 from shared.guarantees import (
     COMMIT_INTERVAL_S,
     COMMIT_MAX_MESSAGES,
@@ -23,10 +24,19 @@ from shared.guarantees import (
     ExactlyOnce,
     ProcessingGuarantee,
 )
-from shared.kafka import ensure_topic, make_consumer, make_producer, wait_for_cluster
+from shared.kafka import ensure_topic, make_producer, make_record_consumer, wait_for_cluster
 from shared.lifecycle import install_stop_handlers
 from shared.metrics import ServiceMetrics, serve_metrics
-from shared.runner import BrokerWatch, RunnerConfig, RunStats, Scorer, ServiceRunner
+from shared.protocols import Scorer
+from shared.runner import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCH_TIMEOUT_S,
+    DEFAULT_BROKER_LOSS_TIMEOUT_S,
+    BrokerWatch,
+    RunnerConfig,
+    RunStats,
+    ServiceRunner,
+)
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -48,14 +58,14 @@ class ServiceSettings(BaseSettings):
     # Draining a backlog, each predict call costs ~1 ms on top of its rows, so bigger batches are faster until
     # memory says stop: results/batch-size/README.md (2,000 vs 1,000: +13% events/s; 4,000: +6% more, at a
     # peak RSS close to the 300 MB budget).
-    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=100_000)
     # How long a consume waits to fill a batch: under load batches fill at once, so this only bounds the
     # latency added at low rates (the p99 target is 50 ms; 20 ms gave 62 ms at 5,000 events/s).
-    batch_timeout_s: float = Field(default=0.01, gt=0, le=60)
+    batch_timeout_s: float = Field(default=DEFAULT_BATCH_TIMEOUT_S, gt=0, le=60)
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="None: no HTTP endpoint; 0: any free port")
     metrics_host: str = "127.0.0.1"
     group_instance_id: str | None = Field(default=None, description="static membership: a stable id per instance")
-    broker_loss_timeout_s: float = Field(default=60.0, gt=0)
+    broker_loss_timeout_s: float = Field(default=DEFAULT_BROKER_LOSS_TIMEOUT_S, gt=0)
     session_timeout_s: float = Field(
         default=45.0, ge=6, le=300,
         description="a crashed instance's partitions move after this long (the broker allows 6..300 s)",
@@ -93,7 +103,24 @@ class ServiceSettings(BaseSettings):
         )
 
 
-def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer, stop: threading.Event | None = None) -> RunStats:
+def settings_class(name: str, env_prefix: str) -> type[ServiceSettings]:
+    """The settings of service `name`: its topics and group named after it, read from `env_prefix`*."""
+
+    class Settings(ServiceSettings):
+        model_config = SettingsConfigDict(env_prefix=env_prefix, frozen=True, extra="ignore")
+
+        service: str = name
+        group_id: str = f"ridestream-{name}"
+        output_topic: str = prediction_topic(name)
+        dlq_topic: str = dead_letter_topic(name)
+
+    Settings.__name__ = Settings.__qualname__ = f"{name.title().replace('_', '')}Settings"
+    return Settings
+
+
+def run_service(
+    settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer, stop: threading.Event | None = None
+) -> RunStats:
     """Connect, make sure the output topics exist, serve metrics, and run until stopped."""
     client_config = kafka.client_config()
     wait_for_cluster(client_config, kafka.connect_timeout_s)
@@ -106,7 +133,7 @@ def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer,
     }
     if settings.group_instance_id:
         consumer_overrides["group.instance.id"] = settings.group_instance_id
-    consumer = make_consumer(client_config, settings.group_id, consumer_overrides)
+    consumer = make_record_consumer(client_config, settings.group_id, consumer_overrides)
     # A short linger: outputs are on the event→prediction latency path, and a micro-batch of outputs already
     # fills librdkafka's produce batches under load.
     producer_overrides: dict[str, Any] = {"linger.ms": 1, "error_cb": watch.on_error}
@@ -114,10 +141,11 @@ def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer,
     if exactly_once:
         producer_overrides["transactional.id"] = settings.transactional_id
     producer = make_producer(client_config, producer_overrides)
+    config = settings.runner_config()
     committer = (
-        ExactlyOnce(consumer, producer, settings.runner_config().flush_timeout_s,
+        ExactlyOnce(consumer, producer, settings.service, config.flush_timeout_s,
                     settings.commit_max_messages, settings.commit_interval_s)
-        if exactly_once else AtLeastOnce(consumer, producer, settings.runner_config().flush_timeout_s,
+        if exactly_once else AtLeastOnce(consumer, producer, settings.service, config.flush_timeout_s,
                                          settings.commit_max_messages, settings.commit_interval_s)
     )
     metrics = ServiceMetrics(settings.service)
@@ -127,7 +155,7 @@ def run_service(settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer,
     if stop is None:
         stop = threading.Event()
         install_stop_handlers(stop)
-    runner = ServiceRunner(consumer, producer, scorer, settings.runner_config(), metrics, watch, committer)
+    runner = ServiceRunner(consumer, producer, scorer, config, metrics, watch, committer)
     consumer.subscribe(
         [settings.input_topic],
         on_assign=lambda _c, parts: log.info("assigned %s", [p.partition for p in parts]),

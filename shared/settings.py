@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.local_cluster import recorded_bootstrap_servers
 
 
 class KafkaSettings(BaseSettings):
@@ -47,9 +48,7 @@ def resolve_bootstrap(explicit: str | None) -> str:
     """An explicit address wins; otherwise the address of the local broker started by `broker up`."""
     if explicit:
         return explicit
-    from shared.broker import running_bootstrap_servers  # local import: broker state is optional
-
-    found = running_bootstrap_servers()
+    found = recorded_bootstrap_servers()
     if found is None:
         raise ConfigError(
             "no bootstrap servers given and no local broker is running: "

@@ -1,7 +1,7 @@
 """The Kafka every integration test talks to: a real broker, chosen once per session.
 
 KAFKA_BOOTSTRAP_SERVERS (an existing cluster) → a testcontainers apache/kafka broker when a Docker engine
-answers → a local broker JVM started from the Maven Central jars (shared/broker.py). Never a mock or a skip.
+answers → a local broker JVM started from the Maven Central jars (stack/broker.py). Never a mock or a skip.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from shared.broker import LocalKafka, docker_engine_answers, docker_kafka
+from stack.broker import LocalKafka
+from tests.containers import docker_engine_answers, docker_kafka
 from shared.kafka import ensure_topic
 
 

@@ -1,24 +1,6 @@
-"""`python -m consumers.cost`: the cost service (settings from COST_* env)."""
+"""`python -m consumers.cost`: the cost service, configured by environment only (COST_*, KAFKA_*)."""
 
-from __future__ import annotations
-
-from typing import Any
-
-from consumers.cost.scorer import load_scorer
-from consumers.cost.settings import CostSettings
-from shared.runner import RunStats
-from shared.service import run_service
-from shared.settings import KafkaSettings
-
-
-def serve(overrides: dict[str, Any] | None = None, kafka: KafkaSettings | None = None) -> RunStats:
-    """Settings → model → clients → runner → run. `overrides` are CLI flags that beat the environment."""
-    settings = CostSettings(**(overrides or {}))
-    scorer = load_scorer(settings.models_dir)
-    return run_service(settings, kafka or KafkaSettings(), scorer)
-
+from consumers.serve import main
 
 if __name__ == "__main__":
-    from shared.cli import run_guarded
-
-    run_guarded(serve)
+    main("cost")

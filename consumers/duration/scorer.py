@@ -64,14 +64,13 @@ class TripDurationScorer:
         totals = np.maximum(predict_rows(self.start_model, start_features(start_columns_from_events(started))), 0.0)
         left = np.maximum(predict_rows(self.progress_model, progress_features(progress_columns_from_events(progress))), 0.0)
 
-        def start_prediction(event: Event, minutes: float) -> EncodedPrediction:
+        def start_prediction(event: RideStarted, minutes: float) -> EncodedPrediction:
             return encode_prediction(
                 DurationPrediction, event, START_MODEL, self.start_version, produced_at,
                 predicted_duration_minutes=minutes, predicted_remaining_minutes=minutes, elapsed_seconds=0.0,
             )
 
-        def progress_prediction(event: Event, minutes_left: float) -> EncodedPrediction:
-            assert isinstance(event, RideProgress)
+        def progress_prediction(event: RideProgress, minutes_left: float) -> EncodedPrediction:
             return encode_prediction(
                 DurationPrediction, event, PROGRESS_MODEL, self.progress_version, produced_at,
                 predicted_duration_minutes=event.elapsed_seconds / 60.0 + minutes_left,
@@ -79,11 +78,11 @@ class TripDurationScorer:
             )
 
         next_total, next_left = iter(totals.tolist()), iter(left.tolist())
-        for event in events:
+        for position, event in enumerate(events):
             if isinstance(event, RideStarted):
-                record_outcome(result, event, next(next_total), START_MODEL, start_prediction)
+                record_outcome(result, position, event, next(next_total), START_MODEL, start_prediction)
             elif isinstance(event, RideProgress):
-                record_outcome(result, event, next(next_left), PROGRESS_MODEL, progress_prediction)
+                record_outcome(result, position, event, next(next_left), PROGRESS_MODEL, progress_prediction)
         return result
 
 

@@ -8,56 +8,41 @@ from datetime import datetime
 from typing import Any
 
 from shared.kafka import KafkaError, TopicPartition
+from shared.records import InputRecord
 
 
-@dataclass
-class FakeMessage:
-    _value: bytes | None
-    _key: bytes | None = None
-    _topic: str = "rides.events"
-    _partition: int = 0
-    _offset: int = 0
-    _headers: list[tuple[str, bytes]] | None = None
-    _timestamp_ms: int = 0
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def headers(self) -> list[tuple[str, bytes]] | None:
-        return self._headers
-
-    def error(self) -> KafkaError | None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._timestamp_ms)
+def record(
+    value: bytes | None, key: bytes | None = b"k", offset: int = 0, partition: int = 0,
+    topic: str = "rides.events", headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int = 0,
+) -> InputRecord:
+    return InputRecord(topic, partition, offset, key, value, headers, timestamp_ms)
 
 
 @dataclass
 class FakeConsumer:
-    batches: list[list[FakeMessage]]
+    """Hands out `batches` in order, like a consumer fetching a partitioned log, and moves back when asked:
+    after `seek`, every record already handed out from that partition at or past the offset comes again
+    (before what follows), as a real consumer's fetch position would. A rewind that forgets a partition
+    therefore loses its records here too."""
+
+    batches: list[list[InputRecord]]
     commits: list[list[TopicPartition]] = field(default_factory=list)
     closed: bool = False
     seeks: list[TopicPartition] = field(default_factory=list)
     group_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    handed_out: dict[tuple[str, int, int], InputRecord] = field(default_factory=dict)
+    again: list[InputRecord] = field(default_factory=list)
 
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
-        return self.batches.pop(0) if self.batches else []
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[InputRecord]:
+        if self.again:
+            out, self.again = self.again[:num_messages], self.again[num_messages:]
+        else:
+            out = self.batches.pop(0) if self.batches else []
+        self.handed_out.update({(r.topic, r.partition, r.offset): r for r in out})
+        return out
 
-    def commit(self, message: Any = None, offsets: list[TopicPartition] | None = None, asynchronous: bool = True) -> None:
-        self.commits.append(list(offsets or []))
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        self.commits.append(list(offsets))
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition("rides.events", 0)]
@@ -76,6 +61,10 @@ class FakeConsumer:
 
     def seek(self, partition: TopicPartition) -> None:
         self.seeks.append(partition)
+        same = (partition.topic, partition.partition)
+        replay = [r for (t, p, o), r in self.handed_out.items() if (t, p) == same and o >= partition.offset]
+        others = [r for r in self.again if (r.topic, r.partition) != same]
+        self.again = sorted(others + replay, key=lambda r: (r.topic, r.partition, r.offset))
 
     def consumer_group_metadata(self) -> str:
         return "group-metadata"
@@ -121,7 +110,7 @@ class FakeProducer:
 @dataclass
 class ScoreResult:
     predictions: list[Any]
-    failures: list[tuple[Any, str]]
+    failures: list[tuple[int, str]]
 
 
 @dataclass
@@ -139,9 +128,9 @@ class EchoScorer:
 
         self.calls += 1
         predictions, failures = [], []
-        for event in events:
+        for position, event in enumerate(events):
             if event.ride_id.startswith("nan"):
-                failures.append((event, "model returned NaN"))
+                failures.append((position, "model returned NaN"))
                 continue
             predictions.append(encode_prediction(TipPrediction, event, self.model_name, self.model_version,
                                                  produced_at, predicted_tip_usd=1.0))

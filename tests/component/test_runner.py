@@ -9,14 +9,15 @@ import pytest
 from shared.errors import DeliveryError
 from shared.runner import RunnerConfig, ServiceRunner
 from shared.serde import encode
-from tests.component.fakes import EchoScorer, FakeConsumer, FakeMessage, FakeProducer
+from shared.records import InputRecord
+from tests.component.fakes import EchoScorer, FakeConsumer, FakeProducer, record
 from tests.factories import ride_completed, ride_started
 
 CONFIG = RunnerConfig(service="tip", output_topic="predictions.tip", dlq_topic="dlq.tip", max_messages=None, idle_timeout_s=0.01)
 
 
-def message(payload: bytes | None, offset: int, partition: int = 0) -> FakeMessage:
-    return FakeMessage(payload, b"k", _offset=offset, _partition=partition)
+def message(payload: bytes | None, offset: int, partition: int = 0) -> InputRecord:
+    return record(payload, offset=offset, partition=partition)
 
 
 def run(consumer: FakeConsumer, producer: FakeProducer, scorer: EchoScorer | None = None) -> ServiceRunner:
@@ -79,7 +80,7 @@ def test_a_commit_refused_after_a_rebalance_is_not_a_crash_the_new_owner_replays
     from shared.kafka import KafkaError, KafkaException
 
     class RebalancedConsumer(FakeConsumer):
-        def commit(self, message=None, offsets=None, asynchronous=True):  # type: ignore[no-untyped-def]
+        def commit(self, offsets, asynchronous=True):  # type: ignore[no-untyped-def]
             raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "generation moved on"))
 
     consumer = RebalancedConsumer([[message(encode(ride_started("a")), 0)], [message(encode(ride_started("b")), 1)]])

@@ -11,7 +11,7 @@ import pytest
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Models trained once per session on synthetic rides (no data files needed)."""
     from consumers.training import train_models
-    from shared.synthetic import synthesize_trips
+    from producer.synthetic import synthesize_trips
 
     models_dir = tmp_path_factory.mktemp("models")
     train_models(synthesize_trips(20_000, seed=3).trips, models_dir)

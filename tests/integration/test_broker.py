@@ -1,4 +1,4 @@
-"""The local Apache Kafka broker (shared/broker.py): the detached CLI, a 3-node cluster surviving a killed node,
+"""The local Apache Kafka broker (stack/broker.py): the detached CLI, a 3-node cluster surviving a killed node,
 and the one-line errors a person gets when Java, Maven or the broker itself is missing or broken."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared.broker import LocalKafka, free_ports, running_bootstrap_servers
+from stack.broker import LocalKafka, free_ports, running_bootstrap_servers
 from shared.errors import BrokerError
 from shared.kafka import KafkaError, Message, cluster_node_count, ensure_topic, make_producer, partition_count
 from tests.integration.topics import drain
@@ -24,7 +24,7 @@ from tests.integration.topics import drain
 
 def cli(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real `ridestream` CLI in a subprocess, run from `cwd` as a person would."""
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], check=False, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "stack.cli", *args], check=False, capture_output=True, text=True,
                           timeout=300, cwd=cwd, env=dict(env if env is not None else os.environ))
 
 

@@ -1,4 +1,4 @@
-"""The Faust engine end to end: `python -m shared.faust_engine tip` as a real process on the real broker.
+"""The Faust engine end to end: `python -m stack.faust_engine tip` as a real process on the real broker.
 
 Same contract, scorer and dead letters as the default engine, so the assertions are the default engine's: every
 valid ride_started gets exactly one prediction keyed by its ride_id, every poison record is dead-lettered once
@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("faust", reason="the Faust engine is optional: pip install -e '.[faust]'")
 
-from shared.faust_engine import EXIT_UNCOMMITTED  # after importorskip: needs faust
+from stack.faust_engine import EXIT_UNCOMMITTED  # after importorskip: needs faust
 from shared.kafka import TopicPartition, ensure_topic, make_consumer, make_producer
 from shared.serde import encode
 from tests.factories import ride_progress, ride_started
@@ -73,7 +73,7 @@ def run_faust_tip(bootstrap: str, topics: Topics, models: Path, *flags: str, max
                   idle_s: float = 30.0, **env: str) -> subprocess.CompletedProcess[str]:
     """The service as an operator runs it, until `max_messages` are consumed or `idle_s` pass without any."""
     bounds = {"TIP_IDLE_TIMEOUT_S": str(idle_s), **({"TIP_MAX_MESSAGES": str(max_messages)} if max_messages else {})}
-    return subprocess.run([sys.executable, "-m", "shared.faust_engine", "tip", *flags], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "stack.faust_engine", "tip", *flags], capture_output=True,
                           text=True, timeout=300, cwd=REPO, check=False,
                           env={**os.environ, **topics, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                                "TIP_MODELS_DIR": str(models), **bounds, **env})
@@ -147,7 +147,7 @@ def test_kill_9_mid_stream_then_restart_loses_no_ride_though_some_may_be_scored_
     member = {"TIP_GROUP_INSTANCE_ID": "faust-tip-0", "TIP_BATCH_SIZE": "100"}
     env = {**os.environ, **faust_topics, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
            "TIP_MODELS_DIR": str(trained_models), **member}
-    command = [sys.executable, "-m", "shared.faust_engine", "tip", "--batched"]
+    command = [sys.executable, "-m", "stack.faust_engine", "tip", "--batched"]
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         drain(client, [faust_topics["TIP_OUTPUT_TOPIC"]], expected=300, timeout_s=120)  # mid-stream

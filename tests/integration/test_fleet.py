@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas.topics import SERVICES
-from shared.fleet import ServiceProcess, running_fleet, start_service, stop_service, wait_ready
+from consumers.registry import SERVICE_NAMES as SERVICES
+from stack.fleet import ServiceProcess, running_fleet, start_service, stop_service, wait_ready
 from shared.kafka import make_producer
 from shared.serde import encode
 from tests.factories import ride_started

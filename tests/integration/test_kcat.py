@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.fleet import running_fleet, wait_ready
+from stack.fleet import running_fleet, wait_ready
 from shared.serde import encode
 from tests.factories import ride_started
 

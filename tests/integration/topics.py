@@ -66,6 +66,6 @@ def ridestream(*args: str, env: Mapping[str, str] | None = None, timeout: float 
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], check=False, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "stack.cli", *args], check=False, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, cwd=REPO,
     )

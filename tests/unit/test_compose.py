@@ -10,18 +10,16 @@ import typer.main
 import yaml
 from pydantic_settings import BaseSettings
 
-from consumers.cost.settings import CostSettings
-from consumers.duration.settings import DurationSettings
-from consumers.tip.settings import TipSettings
+from consumers.registry import SERVICES
 from producer.settings import ProducerSettings
-from shared.cli import app
+from stack.cli import app
 from shared.settings import KafkaSettings
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
 OURS = {name: spec for name, spec in COMPOSE["services"].items() if spec.get("image", "").startswith("ridestream")}
 SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "KAFKA_": KafkaSettings, "PRODUCER_": ProducerSettings,
-    "DURATION_": DurationSettings, "TIP_": TipSettings, "COST_": CostSettings,
+    **{spec.env_prefix: spec.settings_class for spec in SERVICES},
 }
 
 

@@ -29,8 +29,8 @@ from consumers.features import (
 from consumers.training import sample_progress
 from producer.source import ride_events
 from schemas.events import RideProgress, RideStarted
-from shared.synthetic import synthesize_trips
-from shared.trips import read_trips
+from producer.synthetic import synthesize_trips
+from producer.trips import read_trips
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GREEN_2021_01 = DATA_DIR / "green_tripdata_2021-01.parquet"

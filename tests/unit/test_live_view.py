@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.live_view import FleetView
+from stack.live_view import FleetView
 
 
 def test_a_completed_ride_shows_start_predictions_that_arrive_after_its_completion() -> None:

@@ -18,8 +18,8 @@ from consumers.features import PROGRESS_FEATURES, START_FEATURES, start_columns_
 from consumers.training import evaluate_models, models_present, train_models
 from shared.errors import ModelArtifactError
 from shared.models import MODEL_NAMES, artifact_path, file_sha256, load_model, metadata_path, save_model
-from shared.synthetic import synthesize_trips
-from shared.trips import read_trips
+from producer.synthetic import synthesize_trips
+from producer.trips import read_trips
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TRAIN_FILE = DATA_DIR / "green_tripdata_2021-01.parquet"

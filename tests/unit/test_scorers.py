@@ -12,7 +12,7 @@ import pytest
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.linear_model import LinearRegression
 
-from consumers.cost.scorer import CostScorer
+from consumers.cost.scorer import cost_scorer
 from consumers.cost.scorer import load_scorer as load_cost
 from consumers.duration.scorer import TripDurationScorer
 from consumers.duration.scorer import load_scorer as load_duration
@@ -23,14 +23,14 @@ from consumers.features import (
     start_features,
 )
 from consumers.scoring import ScoreResult
-from consumers.tip.scorer import TipScorer
+from consumers.tip.scorer import tip_scorer
 from consumers.tip.scorer import load_scorer as load_tip
 from consumers.training import train_models
 from schemas.events import RideProgress, RideStarted
 from shared.errors import ModelArtifactError
 from shared.models import artifact_path
 from shared.serde import encode
-from shared.synthetic import synthesize_trips
+from producer.synthetic import synthesize_trips
 from tests.factories import PICKUP, ride_progress, ride_started
 
 PRODUCED_AT = datetime(2021, 1, 15, 8, 45, tzinfo=UTC)
@@ -139,9 +139,10 @@ def test_an_empty_batch_scores_to_nothing(models_dir: Path) -> None:
 
 
 def test_an_event_type_the_scorer_does_not_score_is_a_failure_not_a_crash(models_dir: Path) -> None:
-    result = load_tip(models_dir).score([ride_started("r-1"), ride_progress("r-2")], PRODUCED_AT)
+    events = [ride_started("r-1"), ride_progress("r-2")]
+    result = load_tip(models_dir).score(events, PRODUCED_AT)
     assert [p.ride_id for p in result.predictions] == ["r-1"]
-    assert [(e.ride_id, "not scored" in reason) for e, reason in result.failures] == [("r-2", True)]
+    assert [(events[i].ride_id, "not scored" in reason) for i, reason in result.failures] == [("r-2", True)]
 
 
 def exploding_model(features: np.ndarray, miles_column: int) -> TransformedTargetRegressor:
@@ -164,13 +165,13 @@ def test_a_row_the_model_cannot_score_is_a_failure_and_the_rest_of_the_batch_is_
     far = ride_started("far", trip_distance_miles=150.0)
     near = [ride_started(f"near-{i}", trip_distance_miles=1.0 + i) for i in range(3)]
     far_progress = ride_progress("far", elapsed_s=600.0, covered=10.0, trip_distance_miles=150.0)
-    for scorer in (TipScorer(start_model, "v1"), CostScorer(start_model, "v1"),
+    for scorer in (tip_scorer(start_model, "v1"), cost_scorer(start_model, "v1"),
                    TripDurationScorer(start_model, "v1", progress_model, "v2")):
         batch = [near[0], far, near[1], far_progress, near[2]]
         result = scorer.score(batch, PRODUCED_AT)
         scored = [p.ride_id for p in result.predictions]
         assert scored == [e.ride_id for e in near], type(scorer).__name__
-        failed = [e for e, _ in result.failures]
+        failed = [batch[position] for position, _ in result.failures]
         assert far in failed
         assert all("inf" in reason or "nan" in reason or "not scored" in reason for _, reason in result.failures)
     assert len(result.failures) == 2  # the duration scorer scores both event types: both far rows fail
@@ -191,7 +192,7 @@ def test_every_prediction_a_scorer_encodes_is_what_the_contract_model_would_writ
     """A whole synthetic replay scores without failures; every output validates as its contract model, which
     re-encodes it to the very same bytes (same fields, order and formatting), and is keyed by its ride."""
     from producer.source import ride_events
-    from shared.synthetic import synthesize_trips
+    from producer.synthetic import synthesize_trips
 
     events = [e for e in ride_events(synthesize_trips(200, seed=9).trips, 120.0) if e.event_type != "ride_completed"]
     produced_at = datetime.now(UTC)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from producer.source import Pacer, count_events, ride_events
-from shared.ride_path import simulate_progress
-from shared.synthetic import synthesize_trips
-from shared.trips import TRIP_COLUMNS, read_trips, skip_reasons
+from schemas.ride_path import simulate_progress
+from producer.synthetic import synthesize_trips
+from producer.trips import TRIP_COLUMNS, read_trips, skip_reasons
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="real TLC data (../shared/data) is not beside this checkout")

@@ -49,13 +49,12 @@ import psutil  # type: ignore[import-untyped]  # psutil ships no type informatio
 
 from shared.errors import BrokerError, JavaNotFoundError, KafkaUnavailableError
 from shared.kafka import wait_for_cluster
+from shared.local_cluster import state_path
 
 __all__ = [
     "KAFKA_VERSION",
     "LocalKafka",
     "clear_state",
-    "docker_engine_answers",
-    "docker_kafka",
     "ensure_kafka_jars",
     "find_java",
     "load_state",
@@ -147,7 +146,7 @@ def kafka_home() -> Path:
 
 
 def _resource(name: str) -> str:
-    return resources.files("shared").joinpath("broker_resources", name).read_text(encoding="utf-8")
+    return resources.files("stack").joinpath("broker_resources", name).read_text(encoding="utf-8")
 
 
 def ensure_kafka_jars(progress: Progress = _to_stderr) -> Path:
@@ -697,11 +696,6 @@ def _await_listening(node: _Node, deadline: float) -> None:
 # ----------------------------------------------------------------------------------- detached state ----
 
 
-def state_path() -> Path:
-    """Where `broker up` records its cluster: $RIDESTREAM_STATE_DIR or ./.ridestream, file broker.json."""
-    return Path(os.environ.get("RIDESTREAM_STATE_DIR") or Path.cwd() / ".ridestream") / "broker.json"
-
-
 def write_state(kafka: LocalKafka) -> Path:
     path = state_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -733,41 +727,3 @@ def running_bootstrap_servers() -> str | None:
     """Bootstrap servers of the broker that `ridestream broker up` started here, if it is still running."""
     kafka = running_broker()
     return kafka.bootstrap_servers if kafka is not None else None
-
-
-# ----------------------------------------------------------------------------------------- docker ----
-
-
-def docker_engine_answers(timeout_s: float = 2.0) -> bool:
-    """True when a Docker engine answers a ping quickly (docker SDK from the test extras)."""
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        client = docker.from_env(timeout=max(1, math.ceil(timeout_s)))
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # noqa: BLE001 - no SDK, no socket, no permission, no answer: all mean "use the local JVM broker"
-        return False
-
-
-@contextlib.contextmanager
-def docker_kafka(image: str = f"apache/kafka:{KAFKA_VERSION}", timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
-    """A one-node KRaft broker in the official apache/kafka image via testcontainers; yields its address.
-
-    testcontainers' KafkaContainer scripts Confluent's image, so this drives the official one directly: the
-    image turns KAFKA_* variables into server.properties. The advertised port must be known before start,
-    hence the same fixed free port inside and outside the container (a local Docker engine is assumed).
-    """
-    from testcontainers.core.container import DockerContainer
-
-    port = free_ports(1)[0]
-    config = node_config(0, [(port, 9093)], "/tmp/kraft-combined-logs", bind_host="0.0.0.0")
-    container = DockerContainer(image).with_bind_ports(port, port).with_env("CLUSTER_ID", new_cluster_id())
-    for key, value in config.items():
-        container = container.with_env("KAFKA_" + key.upper().replace(".", "_"), value)
-    with container:
-        bootstrap = f"{LOOPBACK}:{port}"
-        wait_for_cluster({"bootstrap.servers": bootstrap}, timeout_s)
-        yield bootstrap

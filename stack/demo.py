@@ -19,11 +19,12 @@ from rich.table import Table
 
 from producer.run import ProduceReport, produce
 from producer.settings import ProducerSettings
-from schemas.topics import RIDE_EVENTS_TOPIC, SERVICES, dead_letter_topic, prediction_topic
+from consumers.registry import SERVICE_NAMES
+from schemas.topics import RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
 from shared.errors import RidestreamError
-from shared.fleet import running_fleet, wait_ready
+from stack.fleet import running_fleet, wait_ready
 from shared.kafka import ensure_topic
-from shared.live_view import FleetView, FleetWatcher
+from stack.live_view import FleetView, FleetWatcher
 from shared.settings import KafkaSettings
 
 # Seconds without a new prediction, once the producer is done, after which the demo stops waiting.
@@ -50,8 +51,8 @@ def expected_predictions(report: ProduceReport) -> dict[str, int]:
 
 def ensure_models(options: DemoOptions, console: Console) -> None:
     from consumers.training import models_present, train_models
-    from shared.synthetic import synthesize_trips
-    from shared.trips import read_many
+    from producer.synthetic import synthesize_trips
+    from producer.trips import read_many
 
     if models_present(options.models_dir):
         console.print(f"models: using {options.models_dir}")
@@ -64,7 +65,7 @@ def ensure_models(options: DemoOptions, console: Console) -> None:
 
 
 def start_broker(stack: ExitStack, console: Console) -> str:
-    from shared.broker import LocalKafka
+    from stack.broker import LocalKafka
 
     with console.status("starting a local Apache Kafka broker (KRaft)…"):
         kafka = stack.enter_context(LocalKafka.start(nodes=1))
@@ -94,7 +95,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
         kafka = KafkaSettings(bootstrap_servers=bootstrap)
         client_config = kafka.client_config()
         ensure_models(options, console)
-        for topic in [RIDE_EVENTS_TOPIC, *(prediction_topic(s) for s in SERVICES), *(dead_letter_topic(s) for s in SERVICES)]:
+        topics = [RIDE_EVENTS_TOPIC, *map(prediction_topic, SERVICE_NAMES), *map(dead_letter_topic, SERVICE_NAMES)]
+        for topic in topics:
             ensure_topic(client_config, topic, options.partitions)
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ridestream-demo-")))
         fleet = stack.enter_context(running_fleet(options.instances, bootstrap, options.models_dir, log_dir))

@@ -1,7 +1,7 @@
 """`ridestream broker up | status | down | fetch`: a local Apache Kafka broker that outlives the command.
 
 `up` prints only the bootstrap address on stdout, so scripts can do `export KAFKA_BOOTSTRAP_SERVERS=$(ridestream
-broker up)`; everything meant for a person goes to stderr. Failures are BrokerError lines (see shared/cli.py).
+broker up)`; everything meant for a person goes to stderr. Failures are BrokerError lines (see stack/cli.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from shared.broker import (
+from stack.broker import (
     KAFKA_VERSION,
     LocalKafka,
     clear_state,

@@ -18,11 +18,12 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from schemas.topics import RIDE_EVENTS_TOPIC, SERVICES, prediction_topic
+from consumers.registry import SERVICE_NAMES, SERVICES
+from schemas.topics import RIDE_EVENTS_TOPIC, prediction_topic
 from shared.kafka import TopicPartition, make_consumer
 
 MAX_TRACKED = 200_000
-VALUE_FIELDS = {"duration": "predicted_duration_minutes", "tip": "predicted_tip_usd", "cost": "predicted_total_usd"}
+VALUE_FIELDS = {spec.name: spec.value_field for spec in SERVICES}
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ServiceView:
 
 @dataclass
 class FleetView:
-    services: dict[str, ServiceView] = field(default_factory=lambda: {s: ServiceView() for s in SERVICES})
+    services: dict[str, ServiceView] = field(default_factory=lambda: {s: ServiceView() for s in SERVICE_NAMES})
     events: Counter[str] = field(default_factory=Counter)
     event_ts: OrderedDict[str, int] = field(default_factory=OrderedDict)
     start_predictions: OrderedDict[str, dict[str, float]] = field(default_factory=OrderedDict)
@@ -120,7 +121,7 @@ class FleetWatcher:
 
     def __init__(self, client_config: Mapping[str, str], input_topic: str = RIDE_EVENTS_TOPIC) -> None:
         self.view = FleetView()
-        self.topics = {input_topic: None, **{prediction_topic(s): s for s in SERVICES}}
+        self.topics = {input_topic: None, **{prediction_topic(s): s for s in SERVICE_NAMES}}
         self.consumer = make_consumer(client_config, f"ridestream-view-{uuid.uuid4().hex[:8]}")
         self.consumer.assign(self.current_ends())
 

@@ -1,8 +1,8 @@
 """Synthetic NYC taxi rides, calibrated to TLC statistics: the default ride source.
 
 A machine without the TLC files still replays, trains and tests on rides that look like real ones. The
-statistics come from `shared/calibration.json` (made by `python -m producer.calibrate` from green 2021-01/02);
-the money follows the NYC metered-fare rules. Output is a trip frame (`shared.trips.TRIP_COLUMNS`), the same
+statistics come from `producer/calibration.json` (made by `python -m producer.calibrate` from green 2021-01/02);
+the money follows the NYC metered-fare rules. Output is a trip frame (`producer.trips.TRIP_COLUMNS`), the same
 shape the TLC reader produces, so everything downstream treats both sources alike. Seeded: the same seed gives
 the same rides.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.trips import TLC_TIMEZONE, TRIP_COLUMNS, TripFrame
+from producer.trips import TLC_TIMEZONE, TRIP_COLUMNS, TripFrame
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 
@@ -26,7 +26,7 @@ CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 PERIOD_START_LOCAL = pd.Timestamp("2021-03-01 00:00", tz=TLC_TIMEZONE)
 PERIOD_DAYS = 28
 
-# Bounds that keep every synthetic ride valid for the trip reader (shared/trips.py) and the contract.
+# Bounds that keep every synthetic ride valid for the trip reader (producer/trips.py) and the contract.
 MIN_MILES, MAX_MILES = 0.1, 60.0
 MIN_MINUTES, MAX_MINUTES = 1.0, 180.0
 MIN_MPH, MAX_MPH = 2.0, 60.0

@@ -1,0 +1,45 @@
+"""The engine-neutral input record: what the runtime knows of one consumed Kafka record.
+
+Every engine converts its own message type once, at its edge (confluent-kafka in `shared.kafka`, Faust in
+`stack.faust_engine`, the benchmark's peers, the tests), so decoding, scoring, dead letters and offsets are
+written once against plain attributes instead of each engine imitating confluent_kafka.Message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None = None
+    # Producer (create) or broker (log-append) time in ms since the epoch; 0 or less when unknown.
+    timestamp_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    """The records of one partition seen in a batch: the first offset, and the next one to consume."""
+
+    topic: str
+    partition: int
+    first: int
+    next: int
+
+
+def offset_ranges(records: Sequence[InputRecord]) -> list[OffsetRange]:
+    """Per partition, the first offset in `records` and one past the highest (what a commit covers)."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        first, last = spans.get(key, (record.offset, record.offset))
+        spans[key] = (min(first, record.offset), max(last, record.offset))
+    return [OffsetRange(topic, partition, first, last + 1) for (topic, partition), (first, last) in spans.items()]

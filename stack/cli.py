@@ -1,0 +1,233 @@
+"""`ridestream`: one thin entry point for every command.
+
+Domain errors (the RidestreamError tree) and invalid settings are printed as one plain line on stderr with a
+non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from consumers.registry import SERVICE_NAMES, service_spec
+from consumers.serve import serve
+from shared.errors import RidestreamError
+from shared.lifecycle import run_guarded
+from shared.runner import DEFAULT_BATCH_SIZE
+
+app = typer.Typer(
+    name="ridestream",
+    help="Score NYC taxi rides in real time on Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option("--bootstrap-servers", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
+                 help="Kafka bootstrap servers (default: the local broker started by `ridestream broker up`)"),
+]
+
+
+def _register_broker() -> None:
+    from stack.broker_cli import broker_app
+
+    app.add_typer(broker_app, name="broker", help="Start, stop and inspect the local Apache Kafka broker.")
+
+
+_register_broker()
+
+
+@app.command()
+def produce(
+    data: Annotated[list[Path] | None, typer.Option("--data", help="TLC trip file(s); none: synthetic rides")] = None,
+    rides: Annotated[int | None, typer.Option(help="at most this many rides")] = None,
+    rate: Annotated[float | None, typer.Option(help="fixed rate, events/s")] = None,
+    speedup: Annotated[float | None, typer.Option(help="event-time replay, X times real time")] = None,
+    topic: Annotated[str | None, typer.Option(help="output topic (default rides.events)")] = None,
+    partitions: Annotated[int | None, typer.Option(help="partitions when the topic is created (default 6)")] = None,
+    progress_interval: Annotated[float | None, typer.Option(help="ride seconds between progress events")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the synthetic generator and ride paths")] = None,
+    bootstrap_servers: BootstrapOption = None,
+    report: Annotated[Path | None, typer.Option(help="also write the summary as JSON to this file")] = None,
+) -> None:
+    """Replay rides (TLC files or synthetic) into Kafka as ride events keyed by ride_id."""
+    from producer.run import produce as run_produce
+    from producer.run import summary_json, summary_table
+    from producer.settings import ProducerSettings
+    from shared.settings import KafkaSettings
+
+    flags = {"data": data or None, "rides": rides, "rate": rate, "speedup": speedup, "topic": topic,
+             "partitions": partitions, "progress_interval_s": progress_interval, "seed": seed}
+    settings = ProducerSettings(**{k: v for k, v in flags.items() if v is not None})
+    kafka = KafkaSettings(**({"bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}))
+    console = Console(stderr=True)
+    outcome = run_produce(settings, kafka, console)
+    Console().print(summary_table(outcome, settings.topic))
+    if report is not None:
+        report.write_text(summary_json(outcome))
+    if outcome.summary.failed:
+        raise RidestreamError(
+            f"{outcome.summary.failed} events were not delivered (first error: {outcome.summary.first_error})"
+        )
+
+
+@app.command()
+def schemas(
+    check: Annotated[bool, typer.Option(help="exit non-zero when a file differs instead of writing")] = False,
+) -> None:
+    """Regenerate the JSON Schema files of the wire contract (schemas/json/)."""
+    from schemas.json_schema import drifted_schemas, write_schemas
+
+    if check:
+        drifted = drifted_schemas()
+        if drifted:
+            raise RidestreamError(f"JSON Schema files out of date: {', '.join(drifted)} (run `ridestream schemas`)")
+        return
+    for path in write_schemas():
+        typer.echo(path)
+
+
+DataOption = Annotated[list[Path] | None, typer.Option("--data", help="TLC trip file(s); none: synthetic rides")]
+ModelsOption = Annotated[Path, typer.Option("--models", help="model directory")]
+
+
+@app.command()
+def train(
+    data: DataOption = None,
+    models: ModelsOption = Path("models"),
+    rides: Annotated[int, typer.Option(help="synthetic rides to train on when no --data is given")] = 50_000,
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="do nothing when models already exist")] = False,
+) -> None:
+    """Fit the duration, dynamic-duration, tip and cost models (and the zoomcamp baseline)."""
+    from consumers.training import models_present, train_models
+    from producer.synthetic import synthesize_trips
+    from producer.trips import read_many
+
+    console = Console(stderr=True)
+    if if_missing and models_present(models):
+        console.print(f"models already in {models}; nothing to do")
+        return
+    frame = read_many(list(data)) if data else synthesize_trips(rides, seed=1)
+    console.print(f"training on {len(frame.trips):,} rides ({'files' if data else 'synthetic'}); skipped {dict(frame.skipped)}")
+    metrics = train_models(frame.trips, models, progress=console.print)
+    Console().print_json(data=metrics)
+
+
+@app.command()
+def evaluate(
+    data: Annotated[list[Path], typer.Option("--data", help="TLC trip file(s) to evaluate on")],
+    models: ModelsOption = Path("models"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics here as JSON")] = None,
+) -> None:
+    """RMSE and MAE of every model on any TLC file, next to the MLOps-zoomcamp baseline."""
+    import json
+
+    from rich.table import Table
+
+    from consumers.training import evaluate_models
+    from producer.trips import read_many
+
+    results = evaluate_models(read_many(list(data)).trips, models)
+    table = Table(title=f"evaluation on {', '.join(p.name for p in data)}")
+    for column in ("model", "rmse", "mae"):
+        table.add_column(column)
+    rows = {**results["models"], "baseline (zoomcamp)": results["baseline"]}
+    for name, values in rows.items():
+        table.add_row(name, f"{values['rmse']:.3f}", f"{values['mae']:.3f}")
+    Console().print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+@app.command()
+def demo(
+    data: DataOption = None,
+    rides: Annotated[int, typer.Option(help="rides to replay")] = 2000,
+    rate: Annotated[float | None, typer.Option(help="events/s (default 2000; ignored with --speedup)")] = None,
+    speedup: Annotated[float | None, typer.Option(help="event-time replay at X times real time")] = None,
+    models: ModelsOption = Path("models"),
+    bootstrap_servers: Annotated[str | None, typer.Option("--bootstrap-servers", "-b",
+                                 help="use this cluster instead of starting a local broker")] = None,
+) -> None:
+    """The main job: local broker, models, the three services (duration twice), rides, live view, summary."""
+    from stack.demo import DemoOptions, run_demo
+
+    options = DemoOptions(data=list(data or []), rides=rides, rate=None if speedup else (rate or 2000.0),
+                          speedup=speedup, models_dir=models, bootstrap_servers=bootstrap_servers)
+    if not run_demo(options):
+        raise RidestreamError("the demo ended before every expected prediction was seen")
+
+
+class Guarantee(str, enum.Enum):
+    at_least_once = "at_least_once"
+    exactly_once = "exactly_once"
+
+
+class Engine(str, enum.Enum):
+    confluent = "confluent"
+    faust = "faust"
+    faust_batched = "faust-batched"
+
+
+# The registry's services as the command line's choices (typer takes an Enum; the registry is the one list).
+Service = enum.Enum("Service", {name: name for name in SERVICE_NAMES}, type=str)  # type: ignore[misc]
+
+
+@app.command()
+def consume(
+    service: Annotated[Service, typer.Argument(help="which scoring service to run")],
+    bootstrap_servers: BootstrapOption = None,
+    models: Annotated[Path | None, typer.Option("--models", help="model directory (default ./models)")] = None,
+    group: Annotated[str | None, typer.Option(help="consumer group id (default ridestream-<service>)")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help=f"records per micro-batch (default {DEFAULT_BATCH_SIZE})")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="serve /metrics, /healthz, /readyz on this port")] = None,
+    instance_id: Annotated[str | None, typer.Option(help="static group membership id (group.instance.id)")] = None,
+    max_messages: Annotated[int | None, typer.Option(help="stop after this many records (bounded runs)")] = None,
+    idle_timeout: Annotated[float | None, typer.Option(help="stop after this many seconds without records")] = None,
+    processing_guarantee: Annotated[Guarantee | None, typer.Option(
+        help="at_least_once (default) or exactly_once (transactions; read outputs with read_committed)")] = None,
+    instance_name: Annotated[str | None, typer.Option(
+        help="stable instance name; names the transactional.id under exactly_once (default: host name)")] = None,
+    engine: Annotated[Engine, typer.Option(
+        help="confluent (default) or Faust agents per event / batched (docs/faust.md)")] = "confluent",  # type: ignore[assignment]
+) -> None:
+    """Run one scoring service: consume ride events, publish predictions, dead-letter bad input."""
+    from shared.settings import KafkaSettings
+
+    flags = {"models_dir": models, "group_id": group, "batch_size": batch_size, "metrics_port": metrics_port,
+             "group_instance_id": instance_id, "max_messages": max_messages, "idle_timeout_s": idle_timeout,
+             "processing_guarantee": processing_guarantee.value if processing_guarantee else None,
+             "instance_name": instance_name}
+    kafka = KafkaSettings(**({"bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}))
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    spec = service_spec(service.value)
+    if engine == Engine.confluent:
+        stats = serve(spec, overrides, kafka)
+    else:
+        try:
+            from stack.faust_engine import serve_with_faust
+        except ImportError as exc:
+            raise RidestreamError(f"--engine {engine.value} needs faust: pip install 'ridestream[faust]' ({exc})") from None
+
+        stats = serve_with_faust(spec, overrides, kafka, batched=engine == Engine.faust_batched)
+    logging.getLogger("ridestream").info("stopped: %s", stats)
+
+
+def main() -> None:
+    run_guarded(app)
+
+
+if __name__ == "__main__":
+    main()
