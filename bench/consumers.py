@@ -43,6 +43,7 @@ import psutil
 
 from bench.quix_contender import quix_available, quix_command
 from producer.source import ride_events
+from producer.synthetic import synthesize_trips
 from shared.kafka import (
     OFFSET_BEGINNING,
     TopicPartition,
@@ -52,7 +53,6 @@ from shared.kafka import (
     produce_with_backoff,
 )
 from shared.serde import encode
-from producer.synthetic import synthesize_trips
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_INTERVAL_S = 60.0
@@ -81,29 +81,57 @@ def service_batch_size() -> int:
     return int(os.environ.get("DURATION_BATCH_SIZE", default))
 
 
-def ridestream_command(guarantee: str, engine: str | None = None) -> Callable[..., tuple[list[str], dict[str, str]]]:
-    def command(bootstrap: str, source: str, target: str, group: str, models: Path) -> tuple[list[str], dict[str, str]]:
+def ridestream_command(
+    guarantee: str, engine: str | None = None
+) -> Callable[..., tuple[list[str], dict[str, str]]]:
+    def command(
+        bootstrap: str, source: str, target: str, group: str, models: Path
+    ) -> tuple[list[str], dict[str, str]]:
         env = {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DURATION_INPUT_TOPIC": source, "DURATION_OUTPUT_TOPIC": target,
-            "DURATION_DLQ_TOPIC": target + ".dlq", "DURATION_GROUP_ID": group, "DURATION_MODELS_DIR": str(models),
-            "DURATION_PROCESSING_GUARANTEE": guarantee, "DURATION_INSTANCE_NAME": "bench",
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DURATION_INPUT_TOPIC": source,
+            "DURATION_OUTPUT_TOPIC": target,
+            "DURATION_DLQ_TOPIC": target + ".dlq",
+            "DURATION_GROUP_ID": group,
+            "DURATION_MODELS_DIR": str(models),
+            "DURATION_PROCESSING_GUARANTEE": guarantee,
+            "DURATION_INSTANCE_NAME": "bench",
             "DURATION_BATCH_SIZE": str(service_batch_size()),
         }
         if engine is None:
             return [sys.executable, "-m", "consumers.duration"], env
         return [sys.executable, "-m", "stack.cli", "consume", "duration", "--engine", engine], env
+
     return command
 
 
-def passthrough_command(bootstrap: str, source: str, target: str, group: str, _models: Path) -> tuple[list[str], dict[str, str]]:
-    return [sys.executable, "-m", "bench.passthrough", "--bootstrap-servers", bootstrap, "--input", source,
-            "--output", target, "--group", group, "--batch-size", str(service_batch_size())], {}
+def passthrough_command(
+    bootstrap: str, source: str, target: str, group: str, _models: Path
+) -> tuple[list[str], dict[str, str]]:
+    return [
+        sys.executable,
+        "-m",
+        "bench.passthrough",
+        "--bootstrap-servers",
+        bootstrap,
+        "--input",
+        source,
+        "--output",
+        target,
+        "--group",
+        group,
+        "--batch-size",
+        str(service_batch_size()),
+    ], {}
 
 
 def faust_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("faust") is not None and importlib.util.find_spec("stack.faust_engine") is not None
+    return (
+        importlib.util.find_spec("faust") is not None
+        and importlib.util.find_spec("stack.faust_engine") is not None
+    )
 
 
 def all_contenders() -> dict[str, Contender]:
@@ -114,7 +142,9 @@ def all_contenders() -> dict[str, Contender]:
     }
     if faust_available():
         contenders["faust"] = Contender("faust", ridestream_command("at_least_once", "faust"))
-        contenders["faust-batched"] = Contender("faust-batched", ridestream_command("at_least_once", "faust-batched"))
+        contenders["faust-batched"] = Contender(
+            "faust-batched", ridestream_command("at_least_once", "faust-batched")
+        )
     if quix_available():
         contenders["quix"] = Contender("quix", quix_command)
     return contenders
@@ -152,18 +182,31 @@ class Sampler:
 
     def cpu_between(self, start: float, end: float) -> float:
         """CPU seconds the process used between two wall-clock times (nearest samples)."""
+
         def at(moment: float) -> float:
-            return min(self.cpu_history, key=lambda sample: abs(sample[0] - moment))[1] if self.cpu_history else 0.0
+            return (
+                min(self.cpu_history, key=lambda sample: abs(sample[0] - moment))[1]
+                if self.cpu_history
+                else 0.0
+            )
+
         return max(0.0, at(end) - at(start))
 
 
 def encoded_events(rides: int, seed: int) -> list[tuple[bytes, bytes]]:
     trips = synthesize_trips(rides, seed=seed).trips
-    return [(event.ride_id.encode(), encode(event)) for event in ride_events(trips, PROGRESS_INTERVAL_S, seed)]
+    return [
+        (event.ride_id.encode(), encode(event)) for event in ride_events(trips, PROGRESS_INTERVAL_S, seed)
+    ]
 
 
-def fill_topic(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float | None = None,
-               producer: Any = None) -> None:
+def fill_topic(
+    bootstrap: str,
+    topic: str,
+    events: list[tuple[bytes, bytes]],
+    rate: float | None = None,
+    producer: Any = None,
+) -> None:
     """Publish `events`, as fast as possible or at `rate` events/s. Pass a warm `producer` when timing
     matters: a new one spends its first few hundred ms finding the cluster and its producer id, and every
     record created meanwhile would carry that wait as contender latency."""
@@ -180,13 +223,23 @@ def fill_topic(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], ra
     producer.flush(120)
 
 
-def output_timestamps(bootstrap: str, topic: str, expected: int, isolation: str, timeout_s: float,
-                      alive: Callable[[], bool], receipt: bool = False) -> list[tuple[int, bytes]]:
+def output_timestamps(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    isolation: str,
+    timeout_s: float,
+    alive: Callable[[], bool],
+    receipt: bool = False,
+) -> list[tuple[int, bytes]]:
     """(ms, value) of `expected` output records, read as a downstream client would. The time is the
     record's CreateTime, or with `receipt` the wall clock when this reader got it (what latency means
     under exactly-once: an output counts once a read_committed reader can see it)."""
-    consumer = make_consumer({"bootstrap.servers": bootstrap}, f"bench-reader-{uuid.uuid4().hex[:8]}",
-                             {"isolation.level": isolation})
+    consumer = make_consumer(
+        {"bootstrap.servers": bootstrap},
+        f"bench-reader-{uuid.uuid4().hex[:8]}",
+        {"isolation.level": isolation},
+    )
     # Assigned, not subscribed: a group join would delay the first reads by a rebalance.
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
@@ -203,11 +256,19 @@ def output_timestamps(bootstrap: str, topic: str, expected: int, isolation: str,
     return records
 
 
-def start_contender(contender: Contender, bootstrap: str, source: str, target: str, models: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_contender(
+    contender: Contender, bootstrap: str, source: str, target: str, models: Path, log: Path
+) -> subprocess.Popen[bytes]:
     argv, env = contender.command(bootstrap, source, target, f"bench-{uuid.uuid4().hex[:8]}", models)
     with log.open("ab") as sink:
-        return subprocess.Popen(argv, env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
-                                start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -227,21 +288,33 @@ def expected_outputs(contender: str, events: list[tuple[bytes, bytes]]) -> int:
     return sum(1 for _key, value in events if b'"ride_completed"' not in value)
 
 
-def measure_throughput(contender: Contender, bootstrap: str, backlog: str, events: list[tuple[bytes, bytes]],
-                       models: Path, log_dir: Path, budget_s: float = 120.0) -> dict[str, Any]:
+def measure_throughput(
+    contender: Contender,
+    bootstrap: str,
+    backlog: str,
+    events: list[tuple[bytes, bytes]],
+    models: Path,
+    log_dir: Path,
+    budget_s: float = 120.0,
+) -> dict[str, Any]:
     target = f"bench-out-{uuid.uuid4().hex[:8]}"
     ensure_topic({"bootstrap.servers": bootstrap}, target, 6)
-    process = start_contender(contender, bootstrap, backlog, target, models, log_dir / f"{contender.name}.log")
+    process = start_contender(
+        contender, bootstrap, backlog, target, models, log_dir / f"{contender.name}.log"
+    )
     sampler = Sampler(psutil.Process(process.pid)).start()
     expected = expected_outputs(contender.name, events)
     try:
-        records = output_timestamps(bootstrap, target, expected, contender.isolation, budget_s,
-                                    lambda: process.poll() is None)
+        records = output_timestamps(
+            bootstrap, target, expected, contender.isolation, budget_s, lambda: process.poll() is None
+        )
     finally:
         sampler.stop()
         stop(process)
     if len(records) < min(expected, 1000):
-        raise RuntimeError(f"{contender.name}: {len(records)} of {expected} outputs (see {log_dir / contender.name}.log)")
+        raise RuntimeError(
+            f"{contender.name}: {len(records)} of {expected} outputs (see {log_dir / contender.name}.log)"
+        )
     # A slow contender is measured on the part of the backlog it drained within the budget: its steady rate.
     stamps = sorted(ts for ts, _ in records)
     seconds = max(1e-3, (stamps[-1] - stamps[0]) / 1000)
@@ -251,32 +324,48 @@ def measure_throughput(contender: Contender, bootstrap: str, backlog: str, event
         "drained": f"{len(records):,} of {expected:,} outputs",
         "peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
         # While outputs flowed (first to last): start-up (imports, model load, group join) is not per event.
-        "cpu_s_per_1k_events": round(sampler.cpu_between(stamps[0] / 1000, stamps[-1] / 1000) / inputs * 1000, 4),
+        "cpu_s_per_1k_events": round(
+            sampler.cpu_between(stamps[0] / 1000, stamps[-1] / 1000) / inputs * 1000, 4
+        ),
     }
 
 
-def measure_soak(contender: Contender, bootstrap: str, events: list[tuple[bytes, bytes]], models: Path,
-                 log_dir: Path) -> dict[str, Any]:
+def measure_soak(
+    contender: Contender, bootstrap: str, events: list[tuple[bytes, bytes]], models: Path, log_dir: Path
+) -> dict[str, Any]:
     """RSS over a long backlog: flat means the last tenth of the run sits within 10% of the second tenth
     (the first holds imports, model load and the first fetches)."""
     source, target = f"bench-soak-in-{uuid.uuid4().hex[:8]}", f"bench-soak-out-{uuid.uuid4().hex[:8]}"
     for topic in (source, target):
         ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
     fill_topic(bootstrap, source, events)
-    process = start_contender(contender, bootstrap, source, target, models, log_dir / f"{contender.name}-soak.log")
+    process = start_contender(
+        contender, bootstrap, source, target, models, log_dir / f"{contender.name}-soak.log"
+    )
     sampler = Sampler(psutil.Process(process.pid)).start()
     try:
-        records = output_timestamps(bootstrap, target, expected_outputs(contender.name, events), contender.isolation,
-                                    1800, lambda: process.poll() is None)
+        records = output_timestamps(
+            bootstrap,
+            target,
+            expected_outputs(contender.name, events),
+            contender.isolation,
+            1800,
+            lambda: process.poll() is None,
+        )
     finally:
         sampler.stop()
         stop(process)
     tenth = max(1, len(sampler.history) // 10)
-    early = max(sampler.history[tenth: 2 * tenth] or sampler.history)
+    early = max(sampler.history[tenth : 2 * tenth] or sampler.history)
     late = max(sampler.history[-tenth:])
-    return {"contender": contender.name, "events": len(events), "outputs": len(records),
-            "rss_mb_second_tenth": round(early / 2**20, 1), "rss_mb_last_tenth": round(late / 2**20, 1),
-            "growth": round(late / early - 1, 4)}
+    return {
+        "contender": contender.name,
+        "events": len(events),
+        "outputs": len(records),
+        "rss_mb_second_tenth": round(early / 2**20, 1),
+        "rss_mb_last_tenth": round(late / 2**20, 1),
+        "growth": round(late / early - 1, 4),
+    }
 
 
 def source_ids(value: bytes) -> str:
@@ -284,40 +373,72 @@ def source_ids(value: bytes) -> str:
     return str(document.get("source_event_id") or document.get("event_id"))
 
 
-def measure_latency(contender: Contender, bootstrap: str, rate: float, seconds: float, models: Path,
-                    log_dir: Path, seed: int) -> dict[str, float]:
+def measure_latency(
+    contender: Contender, bootstrap: str, rate: float, seconds: float, models: Path, log_dir: Path, seed: int
+) -> dict[str, float]:
     config = {"bootstrap.servers": bootstrap}
     source, target = f"bench-lat-in-{uuid.uuid4().hex[:8]}", f"bench-lat-out-{uuid.uuid4().hex[:8]}"
     ensure_topic(config, source, 6)
     ensure_topic(config, target, 6)
-    process = start_contender(contender, bootstrap, source, target, models, log_dir / f"{contender.name}-lat.log")
+    process = start_contender(
+        contender, bootstrap, source, target, models, log_dir / f"{contender.name}-lat.log"
+    )
     try:
         producer = make_producer(config)
         warmup = encoded_events(20, seed + 1000)
-        fill_topic(bootstrap, source, warmup, producer=producer)  # readiness: the contender answered real input
+        fill_topic(
+            bootstrap, source, warmup, producer=producer
+        )  # readiness: the contender answered real input
         alive = lambda: process.poll() is None
-        output_timestamps(bootstrap, target, expected_outputs(contender.name, warmup), contender.isolation, 120, alive)
+        output_timestamps(
+            bootstrap, target, expected_outputs(contender.name, warmup), contender.isolation, 120, alive
+        )
         total = int(rate * (seconds + WARMUP_S))
         events = encoded_events(max(50, total // 16), seed)[:total]
         input_times: dict[str, int] = {}
         # The reader runs during the load and stamps each output when it becomes visible to it.
         outputs: list[tuple[int, bytes]] = []
-        reader = threading.Thread(target=lambda: outputs.extend(output_timestamps(
-            bootstrap, target, expected_outputs(contender.name, warmup + events), contender.isolation, 120, alive,
-            receipt=True)), daemon=True)
+        reader = threading.Thread(
+            target=lambda: outputs.extend(
+                output_timestamps(
+                    bootstrap,
+                    target,
+                    expected_outputs(contender.name, warmup + events),
+                    contender.isolation,
+                    120,
+                    alive,
+                    receipt=True,
+                )
+            ),
+            daemon=True,
+        )
         reader.start()
         fill_topic(bootstrap, source, events, rate, producer=producer)
-        for ts, value in output_timestamps(bootstrap, source, len(warmup) + len(events), "read_uncommitted", 120, lambda: True):
+        for ts, value in output_timestamps(
+            bootstrap, source, len(warmup) + len(events), "read_uncommitted", 120, lambda: True
+        ):
             input_times[source_ids(value)] = ts
         reader.join(150)
     finally:
         stop(process)
     # The first WARMUP_S of load is not measured: caches, connections and batch sizes settle there.
-    measured = {source_ids(value) for _key, value in events[int(rate * WARMUP_S):]}
-    latencies = sorted(ts - input_times[sid] for ts, value in outputs if (sid := source_ids(value)) in measured)
+    measured = {source_ids(value) for _key, value in events[int(rate * WARMUP_S) :]}
+    latencies = sorted(
+        ts - input_times[sid] for ts, value in outputs if (sid := source_ids(value)) in measured
+    )
+
     def pct(q: float) -> float:
-        return float(latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else float("nan")
-    return {"offered_per_s": rate, "samples": len(latencies), "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+        return (
+            float(latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else float("nan")
+        )
+
+    return {
+        "offered_per_s": rate,
+        "samples": len(latencies),
+        "p50_ms": pct(0.5),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+    }
 
 
 def max_offered_rate(events_per_s: float) -> float:
@@ -336,12 +457,16 @@ def round_ratios(rounds: list[Mapping[str, float]]) -> dict[str, float]:
     paired = [r for r in rounds if "passthrough" in r]
     names = sorted({name for r in paired for name in r if name != "passthrough"})
     return {
-        f"{name}/passthrough": round(statistics.median(r[name] / r["passthrough"] for r in paired if name in r), 3)
+        f"{name}/passthrough": round(
+            statistics.median(r[name] / r["passthrough"] for r in paired if name in r), 3
+        )
         for name in names
     }
 
 
-def ratios(contenders: Mapping[str, Mapping[str, Any]], rounds: list[Mapping[str, float]] | None = None) -> dict[str, float]:
+def ratios(
+    contenders: Mapping[str, Mapping[str, Any]], rounds: list[Mapping[str, float]] | None = None
+) -> dict[str, float]:
     rate = {name: float(c["events_per_s"]) for name, c in contenders.items()}
     out: dict[str, float] = round_ratios(rounds) if rounds else {}
     for name, value in rate.items():
@@ -356,19 +481,57 @@ def ratios(contenders: Mapping[str, Mapping[str, Any]], rounds: list[Mapping[str
 
 # The performance issue's targets: (label, how to read it from the result, bound, "min" or "max").
 TARGETS: tuple[tuple[str, Callable[[Mapping[str, Any]], float | None], float, str], ...] = (
-    ("at-least-once events/s ÷ passthrough", lambda r: r["ratios"].get("ridestream-alo/passthrough"), 0.6, "min"),
-    ("exactly-once events/s ÷ passthrough", lambda r: r["ratios"].get("ridestream-eos/passthrough"), 0.5, "min"),
+    (
+        "at-least-once events/s ÷ passthrough",
+        lambda r: r["ratios"].get("ridestream-alo/passthrough"),
+        0.6,
+        "min",
+    ),
+    (
+        "exactly-once events/s ÷ passthrough",
+        lambda r: r["ratios"].get("ridestream-eos/passthrough"),
+        0.5,
+        "min",
+    ),
     ("at-least-once ÷ Faust (per event)", lambda r: r["ratios"].get("ridestream-alo/faust"), 5.0, "min"),
-    ("at-least-once ÷ Faust (stream.take batches)", lambda r: r["ratios"].get("ridestream-alo/faust-batched"), 5.0, "min"),
+    (
+        "at-least-once ÷ Faust (stream.take batches)",
+        lambda r: r["ratios"].get("ridestream-alo/faust-batched"),
+        5.0,
+        "min",
+    ),
     ("at-least-once ÷ Quix Streams", lambda r: r["ratios"].get("ridestream-alo/quix"), 3.0, "min"),
-    ("at-least-once p99 ms @ 5,000/s", lambda r: r["contenders"].get("ridestream-alo", {}).get("p99_ms", {}).get("5000"),
-     50.0, "max"),
-    ("exactly-once p99 ms @ 5,000/s", lambda r: r["contenders"].get("ridestream-eos", {}).get("p99_ms", {}).get("5000"),
-     300.0, "max"),
-    ("peak RSS MB per service (at-least-once, exactly-once)",
-     lambda r: max((r["contenders"][n]["peak_rss_mb"] for n in ("ridestream-alo", "ridestream-eos")
-                    if n in r["contenders"]), default=None), 300.0, "max"),
-    ("RSS growth over the soak, %", lambda r: r["soak"]["growth"] * 100 if "soak" in r else None, 10.0, "max"),
+    (
+        "at-least-once p99 ms @ 5,000/s",
+        lambda r: r["contenders"].get("ridestream-alo", {}).get("p99_ms", {}).get("5000"),
+        50.0,
+        "max",
+    ),
+    (
+        "exactly-once p99 ms @ 5,000/s",
+        lambda r: r["contenders"].get("ridestream-eos", {}).get("p99_ms", {}).get("5000"),
+        300.0,
+        "max",
+    ),
+    (
+        "peak RSS MB per service (at-least-once, exactly-once)",
+        lambda r: max(
+            (
+                r["contenders"][n]["peak_rss_mb"]
+                for n in ("ridestream-alo", "ridestream-eos")
+                if n in r["contenders"]
+            ),
+            default=None,
+        ),
+        300.0,
+        "max",
+    ),
+    (
+        "RSS growth over the soak, %",
+        lambda r: r["soak"]["growth"] * 100 if "soak" in r else None,
+        10.0,
+        "max",
+    ),
 )
 
 
@@ -380,41 +543,62 @@ def targets_table(result: Mapping[str, Any]) -> list[str]:
         if value is None:
             continue
         met = value >= bound if kind == "min" else value <= bound
-        lines.append(f"| {label} | {value:,.3g} | {'≥' if kind == 'min' else '≤'} {bound:g} | {'✓' if met else '✗'} |")
+        lines.append(
+            f"| {label} | {value:,.3g} | {'≥' if kind == 'min' else '≤'} {bound:g} | {'✓' if met else '✗'} |"
+        )
     return lines
 
 
 def markdown(result: Mapping[str, Any]) -> str:
     rates = result["rates"]
     at_max = any("latency_at_max" in c for c in result["contenders"].values())
-    head = ("| contender | events/s | " + " | ".join(f"p99 ms @ {int(r):,}/s" for r in rates)
-            + (" | p99 ms @ max (offered/s)" if at_max else "") + " | peak RSS MB | CPU s / 1k ev |")
+    head = (
+        "| contender | events/s | "
+        + " | ".join(f"p99 ms @ {int(r):,}/s" for r in rates)
+        + (" | p99 ms @ max (offered/s)" if at_max else "")
+        + " | peak RSS MB | CPU s / 1k ev |"
+    )
     lines = [head, "|---" * (4 + len(rates) + at_max) + "|"]
     for name, c in result["contenders"].items():
-        p99 = " | ".join(f"{c['p99_ms'][str(int(r))]:.0f}" if str(int(r)) in c["p99_ms"] else "— (over capacity)"
-                         for r in rates)
+        p99 = " | ".join(
+            f"{c['p99_ms'][str(int(r))]:.0f}" if str(int(r)) in c["p99_ms"] else "— (over capacity)"
+            for r in rates
+        )
         if at_max:
             top = c.get("latency_at_max")
             p99 += " | " + (f"{top['p99_ms']:.0f} ({top['offered_per_s']:,.0f})" if top else "—")
-        lines.append(f"| {name} | {c['events_per_s']:,} | {p99} | {c['peak_rss_mb']} | {c['cpu_s_per_1k_events']} |")
+        lines.append(
+            f"| {name} | {c['events_per_s']:,} | {p99} | {c['peak_rss_mb']} | {c['cpu_s_per_1k_events']} |"
+        )
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in result["ratios"].items()]
     lines += ["", *targets_table(result)]
     rounds = result.get("rounds") or []
     if rounds:
         names = list(rounds[0])
         shared = [n for n in names if n != "passthrough"] if "passthrough" in names else []
-        lines += ["", ("Throughput rounds (events/s; the table above shows each contender's median round and its "
-                  "highest RSS of any round, the ratios are medians of per-round ratios):"), "",
-                  "| round | " + " | ".join(names + [f"{n}/passthrough" for n in shared]) + " |",
-                  "|---" * (1 + len(names) + len(shared)) + "|"]
+        lines += [
+            "",
+            (
+                "Throughput rounds (events/s; the table above shows each contender's median round and its "
+                "highest RSS of any round, the ratios are medians of per-round ratios):"
+            ),
+            "",
+            "| round | " + " | ".join(names + [f"{n}/passthrough" for n in shared]) + " |",
+            "|---" * (1 + len(names) + len(shared)) + "|",
+        ]
         for index, r in enumerate(rounds, 1):
             cells = [f"{r[n]:,.0f}" for n in names] + [f"{r[n] / r['passthrough']:.2f}" for n in shared]
             lines.append(f"| {index} | " + " | ".join(cells) + " |")
     if "soak" in result:
         soak = result["soak"]
-        lines += ["", (f"Memory over {soak['events']:,} events ({soak['contender']}): RSS {soak['rss_mb_second_tenth']} MB "
-                  f"in the second tenth of the run, {soak['rss_mb_last_tenth']} MB in the last: "
-                  f"{soak['growth'] * 100:+.1f}%.")]
+        lines += [
+            "",
+            (
+                f"Memory over {soak['events']:,} events ({soak['contender']}): RSS {soak['rss_mb_second_tenth']} MB "
+                f"in the second tenth of the run, {soak['rss_mb_last_tenth']} MB in the last: "
+                f"{soak['growth'] * 100:+.1f}%."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -433,9 +617,14 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     left.tick_params(axis="x", rotation=30)
     for name in names:
         contender = result["contenders"][name]
-        points = sorted([(int(r), ms) for r, ms in contender["p99_ms"].items()]
-                        + ([(contender["latency_at_max"]["offered_per_s"], contender["latency_at_max"]["p99_ms"])]
-                           if "latency_at_max" in contender else []))
+        points = sorted(
+            [(int(r), ms) for r, ms in contender["p99_ms"].items()]
+            + (
+                [(contender["latency_at_max"]["offered_per_s"], contender["latency_at_max"]["p99_ms"])]
+                if "latency_at_max" in contender
+                else []
+            )
+        )
         right.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
     if any(result["contenders"][n]["p99_ms"] for n in names):  # a throughput-only run has no curve to scale
         right.set_xscale("log")
@@ -447,9 +636,16 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def throughput_rounds(contenders: list[Contender], count: int, bootstrap: str, backlog: str,
-                      events: list[tuple[bytes, bytes]], models: Path, work: Path,
-                      results: dict[str, dict[str, Any]]) -> list[dict[str, float]]:
+def throughput_rounds(
+    contenders: list[Contender],
+    count: int,
+    bootstrap: str,
+    backlog: str,
+    events: list[tuple[bytes, bytes]],
+    models: Path,
+    work: Path,
+    results: dict[str, dict[str, Any]],
+) -> list[dict[str, float]]:
     """Drain the backlog `count` times per contender, interleaved; fill `results` with each contender's median
     round (events/s, and the RSS and CPU of that run) and return every round's events/s."""
     by_name = {c.name: c for c in contenders}
@@ -465,8 +661,11 @@ def throughput_rounds(contenders: list[Contender], count: int, bootstrap: str, b
     for name, measured in runs.items():
         # The median run's rate and CPU (an odd --rounds has one), and the highest RSS of any round.
         median_run = sorted(measured, key=lambda run: run["events_per_s"])[(len(measured) - 1) // 2]
-        results[name] = {**median_run, "peak_rss_mb": max(run["peak_rss_mb"] for run in measured),
-                         "events_per_s_rounds": [run["events_per_s"] for run in measured]}
+        results[name] = {
+            **median_run,
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in measured),
+            "events_per_s_rounds": [run["events_per_s"] for run in measured],
+        }
     return rounds
 
 
@@ -478,19 +677,31 @@ def train_bench_models(models: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=300_000, help="backlog size for the throughput runs")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="interleaved throughput rounds of passthrough and ridestream (median reported; odd)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved throughput rounds of passthrough and ridestream (median reported; odd)",
+    )
     parser.add_argument("--rates", default="1000,5000,20000")
-    parser.add_argument("--no-max-latency", dest="max_latency", action="store_false",
-                        help="skip the latency run at each contender's own top rate")
+    parser.add_argument(
+        "--no-max-latency",
+        dest="max_latency",
+        action="store_false",
+        help="skip the latency run at each contender's own top rate",
+    )
     parser.add_argument("--latency-seconds", type=float, default=8.0)
     parser.add_argument("--contenders", help="comma-separated subset (default: all available)")
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--models", type=Path, help="model dir (default: train into a temp dir)")
     parser.add_argument("--out", type=Path, default=Path("results/bench.json"))
-    parser.add_argument("--soak", type=int, default=0, help="also drain this many events, tracking RSS growth")
+    parser.add_argument(
+        "--soak", type=int, default=0, help="also drain this many events, tracking RSS growth"
+    )
     parser.add_argument("--render-only", action="store_true", help="rewrite the .md and .png from the .json")
     args = parser.parse_args()
     if args.render_only:
@@ -499,7 +710,9 @@ def main() -> None:
         plot(result, args.out.with_suffix(".png"))
         return
     available = all_contenders()
-    chosen = [available[n] for n in args.contenders.split(",")] if args.contenders else list(available.values())
+    chosen = (
+        [available[n] for n in args.contenders.split(",")] if args.contenders else list(available.values())
+    )
     rates = [float(r) for r in args.rates.split(",") if r]
 
     with ExitStack() as stack:
@@ -517,24 +730,37 @@ def main() -> None:
         fill_topic(bootstrap, backlog, events)
         print(f"backlog: {len(events):,} events in {backlog}")
         results: dict[str, dict[str, Any]] = {}
-        rounds = throughput_rounds([c for c in chosen if c.name in ROUNDED], args.rounds, bootstrap, backlog, events,
-                                   models, work, results)
+        rounds = throughput_rounds(
+            [c for c in chosen if c.name in ROUNDED],
+            args.rounds,
+            bootstrap,
+            backlog,
+            events,
+            models,
+            work,
+            results,
+        )
         for contender in chosen:
             if contender.name not in results:
-                results[contender.name] = measure_throughput(contender, bootstrap, backlog, events, models, work)
+                results[contender.name] = measure_throughput(
+                    contender, bootstrap, backlog, events, models, work
+                )
             results[contender.name]["latency"] = {}
             results[contender.name]["p99_ms"] = {}
             for rate in rates:
                 if rate > 1.5 * results[contender.name]["events_per_s"]:
                     print(f"{contender.name}: {rate:,.0f}/s is beyond its throughput; latency not measured")
                     continue
-                latency = measure_latency(contender, bootstrap, rate, args.latency_seconds, models, work, seed=11)
+                latency = measure_latency(
+                    contender, bootstrap, rate, args.latency_seconds, models, work, seed=11
+                )
                 results[contender.name]["latency"][str(int(rate))] = latency
                 results[contender.name]["p99_ms"][str(int(rate))] = latency["p99_ms"]
             if args.max_latency:
                 top = max_offered_rate(results[contender.name]["events_per_s"])
                 results[contender.name]["latency_at_max"] = measure_latency(
-                    contender, bootstrap, top, args.latency_seconds, models, work, seed=11)
+                    contender, bootstrap, top, args.latency_seconds, models, work, seed=11
+                )
             print(f"{contender.name}: {json.dumps(results[contender.name])}", flush=True)
         soak = None
         if args.soak:

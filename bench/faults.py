@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from producer.source import ride_events
-from stack.broker import LocalKafka
-from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
+from producer.synthetic import synthesize_trips
 from shared.kafka import ensure_topic, make_consumer, make_producer, produce_with_backoff
 from shared.serde import encode
-from producer.synthetic import synthesize_trips
+from stack.broker import LocalKafka
+from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
 
 SERVICE = "duration"
 MODES = ("at_least_once", "exactly_once")
@@ -79,8 +79,11 @@ class Verifier(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
-        self.consumer = make_consumer({"bootstrap.servers": bootstrap}, f"verifier-{uuid.uuid4().hex[:8]}",
-                                      {"isolation.level": "read_committed"})
+        self.consumer = make_consumer(
+            {"bootstrap.servers": bootstrap},
+            f"verifier-{uuid.uuid4().hex[:8]}",
+            {"isolation.level": "read_committed"},
+        )
         self.consumer.subscribe([topic])
         self.counts: Counter[str] = Counter()
         self.arrivals: list[float] = []
@@ -104,8 +107,9 @@ class Verifier(threading.Thread):
         self.join(30)
 
 
-def publish_at_rate(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float,
-                    done: threading.Event) -> threading.Thread:
+def publish_at_rate(
+    bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], rate: float, done: threading.Event
+) -> threading.Thread:
     """Publish in the background at `rate` events/s; the producer retries through broker faults."""
 
     def run() -> None:
@@ -161,8 +165,11 @@ class Fleet:
                 with self.lock:
                     exited = [i for i, p in self.instances.items() if p.process.poll() is not None]
                     for index in exited:
-                        print(f"supervisor: {SERVICE}-{index} exited with {self.instances[index].process.returncode}; "
-                              "restarting", flush=True)
+                        print(
+                            f"supervisor: {SERVICE}-{index} exited with {self.instances[index].process.returncode}; "
+                            "restarting",
+                            flush=True,
+                        )
                         self.restarts += 1
                         self.start(index)
 
@@ -261,9 +268,18 @@ def cluster_for(nodes: int, shared_bootstrap: str | None) -> Iterator[tuple[str,
         yield cluster.bootstrap_servers, cluster
 
 
-def run_fault(fault: str, mode: str, models: Path, work: Path, rides: int = 1500, rate: float = 1500.0,
-              instances: int = 2, shared_bootstrap: str | None = None, seed: int = 1,
-              inject: Callable[[Scenario], None] | None = None) -> Row:
+def run_fault(
+    fault: str,
+    mode: str,
+    models: Path,
+    work: Path,
+    rides: int = 1500,
+    rate: float = 1500.0,
+    instances: int = 2,
+    shared_bootstrap: str | None = None,
+    seed: int = 1,
+    inject: Callable[[Scenario], None] | None = None,
+) -> Row:
     """One scenario: load + faults + verification. Returns its row; asserts nothing itself."""
     chosen, nodes = FAULTS[fault]
     load = Load.synthetic(rides, seed)
@@ -273,9 +289,16 @@ def run_fault(fault: str, mode: str, models: Path, work: Path, rides: int = 1500
         source, target, dlq = f"faults-in-{suffix}", f"faults-out-{suffix}", f"faults-dlq-{suffix}"
         for topic in (source, target, dlq):
             ensure_topic(config, topic, 6)
-        env = {"INPUT_TOPIC": source, "OUTPUT_TOPIC": target, "DLQ_TOPIC": dlq, "GROUP_ID": f"faults-{suffix}",
-               "PROCESSING_GUARANTEE": mode, "BROKER_LOSS_TIMEOUT_S": "120", "COMMIT_INTERVAL_S": "0.1",
-               "SESSION_TIMEOUT_S": SESSION_TIMEOUT_S}
+        env = {
+            "INPUT_TOPIC": source,
+            "OUTPUT_TOPIC": target,
+            "DLQ_TOPIC": dlq,
+            "GROUP_ID": f"faults-{suffix}",
+            "PROCESSING_GUARANTEE": mode,
+            "BROKER_LOSS_TIMEOUT_S": "120",
+            "COMMIT_INTERVAL_S": "0.1",
+            "SESSION_TIMEOUT_S": SESSION_TIMEOUT_S,
+        }
         fleet = Fleet(bootstrap, models, work / f"logs-{fault}-{mode}", env)
         stack.callback(fleet.stop_all)
         for index in range(1, instances + 1):
@@ -292,9 +315,14 @@ def run_fault(fault: str, mode: str, models: Path, work: Path, rides: int = 1500
         settle(verifier, load.scored_ids)
         counts = Counter(verifier.counts)
     return Row(
-        fault=fault, mode=mode, inputs=len(load.scored_ids), outputs=sum(counts.values()),
-        lost=len(load.scored_ids - set(counts)), duplicates=sum(n - 1 for n in counts.values() if n > 1),
-        recovery_s=recovery_seconds(verifier, scenario.fault_times, load.scored_ids), restarts=fleet.restarts,
+        fault=fault,
+        mode=mode,
+        inputs=len(load.scored_ids),
+        outputs=sum(counts.values()),
+        lost=len(load.scored_ids - set(counts)),
+        duplicates=sum(n - 1 for n in counts.values() if n > 1),
+        recovery_s=recovery_seconds(verifier, scenario.fault_times, load.scored_ids),
+        restarts=fleet.restarts,
     )
 
 
@@ -327,6 +355,7 @@ def settle(verifier: Verifier, expected: set[str]) -> None:
 
 def hostile_payloads(count: int, rng: random.Random, valid: bytes) -> list[bytes]:
     """`count` payloads a service must refuse, each of a kind attackers and broken clients really send."""
+
     def nested(depth: int) -> bytes:
         return b'{"a":' * depth + b"1" + b"}" * depth
 
@@ -336,23 +365,31 @@ def hostile_payloads(count: int, rng: random.Random, valid: bytes) -> list[bytes
         lambda: nested(rng.choice([64, 1000, 20_000])),  # deeply nested JSON
         lambda: b"[" * rng.randint(1000, 50_000),  # unbalanced nesting
         lambda: valid.replace(b'"ride_id":"', b'"ride_id":"' + b"x" * rng.randint(200, 2000)),  # long string
-        lambda: valid.replace(b'"pickup_zone":', b'"pickup_zone":1' + b"0" * rng.randint(20, 400) + b","
-                              b'"_":'),  # huge number
+        lambda: valid.replace(
+            b'"pickup_zone":', b'"pickup_zone":1' + b"0" * rng.randint(20, 400) + b',"_":'
+        ),  # huge number
         lambda: valid.replace(b'"trip_distance_miles":', b'"trip_distance_miles":1e999,"_x":'),  # infinity
         lambda: valid.decode().encode("utf-16"),  # wrong encoding
-        lambda: valid.replace(b'"pickup_zone":', b'"pickup_zone":"seventy",' b'"_z":'),  # wrong type
-        lambda: valid.replace(b'"passenger_count":', b'"passenger_count":-3,' b'"_p":'),  # out of range
+        lambda: valid.replace(b'"pickup_zone":', b'"pickup_zone":"seventy","_z":'),  # wrong type
+        lambda: valid.replace(b'"passenger_count":', b'"passenger_count":-3,"_p":'),  # out of range
         lambda: valid.replace(b'Z"', b'"'),  # naive timestamps
-        lambda: json.dumps(rng.choice([None, 42, "ride", [], [1, 2], {}, True])).encode(),  # valid JSON, not an event
-        lambda: valid.replace(b'"schema_version":1', b'"schema_version":%d' % rng.randint(2, 99)),  # future version
-        lambda: b'{"event_type":"ride_started","pad":"' + b"p" * rng.randint(70_000, 300_000) + b'"}',  # oversized
+        lambda: json.dumps(
+            rng.choice([None, 42, "ride", [], [1, 2], {}, True])
+        ).encode(),  # valid JSON, not an event
+        lambda: valid.replace(
+            b'"schema_version":1', b'"schema_version":%d' % rng.randint(2, 99)
+        ),  # future version
+        lambda: (
+            b'{"event_type":"ride_started","pad":"' + b"p" * rng.randint(70_000, 300_000) + b'"}'
+        ),  # oversized
         lambda: b"",  # empty value
     ]
     return [kinds[index % len(kinds)]() for index in range(count)]
 
 
-def run_adversarial(bootstrap: str, models: Path, work: Path, hostile: int = 10_000, rides: int = 600,
-                    seed: int = 3) -> tuple[Row, Counter[str], Counter[bytes]]:
+def run_adversarial(
+    bootstrap: str, models: Path, work: Path, hostile: int = 10_000, rides: int = 600, seed: int = 3
+) -> tuple[Row, Counter[str], Counter[bytes]]:
     """Hostile payloads interleaved with valid rides, scored under exactly-once by one instance.
 
     Returns the row, the dead-letter reasons seen, and how often each hostile key reached the DLQ.
@@ -372,8 +409,13 @@ def run_adversarial(bootstrap: str, models: Path, work: Path, hostile: int = 10_
     for key, value in mixed:
         produce_with_backoff(producer, source, key, value)
     assert producer.flush(120) == 0
-    env = {"INPUT_TOPIC": source, "OUTPUT_TOPIC": target, "DLQ_TOPIC": dlq, "GROUP_ID": f"adv-{suffix}",
-           "PROCESSING_GUARANTEE": "exactly_once"}
+    env = {
+        "INPUT_TOPIC": source,
+        "OUTPUT_TOPIC": target,
+        "DLQ_TOPIC": dlq,
+        "GROUP_ID": f"adv-{suffix}",
+        "PROCESSING_GUARANTEE": "exactly_once",
+    }
     fleet = Fleet(bootstrap, models, work / "logs-adversarial", env)
     verifier, dead = Verifier(bootstrap, target), DeadLetterReader(bootstrap, dlq)
     try:
@@ -389,8 +431,15 @@ def run_adversarial(bootstrap: str, models: Path, work: Path, hostile: int = 10_
         dead.stop()
     assert not crashed, f"the service crashed on hostile input:\n{instance.log_tail()}"
     counts = Counter(verifier.counts)
-    row = Row("adversarial", "exactly_once", len(load.scored_ids), sum(counts.values()),
-              len(load.scored_ids - set(counts)), sum(n - 1 for n in counts.values() if n > 1), 0.0)
+    row = Row(
+        "adversarial",
+        "exactly_once",
+        len(load.scored_ids),
+        sum(counts.values()),
+        len(load.scored_ids - set(counts)),
+        sum(n - 1 for n in counts.values() if n > 1),
+        0.0,
+    )
     return row, dead.reasons, dead.keys
 
 
@@ -408,7 +457,9 @@ class DeadLetterReader(Verifier):
                 for message in self.consumer.consume(5000, 0.2):
                     if message.error() is None:
                         self.keys[message.key() or b""] += 1
-                        self.reasons[dict(message.headers() or []).get("ridestream.reason", b"?").decode()] += 1
+                        self.reasons[
+                            dict(message.headers() or []).get("ridestream.reason", b"?").decode()
+                        ] += 1
                         self.arrivals.append(time.monotonic())
         finally:
             self.consumer.close()
@@ -426,8 +477,13 @@ def run_brokers_gone(models: Path, work: Path, limit_s: float = 5.0) -> tuple[in
     (plus the time to notice), not hang and not keep reporting healthy. Returns (exit code, log, seconds)."""
     with LocalKafka.start(nodes=1) as cluster:
         suffix = uuid.uuid4().hex[:8]
-        env = {"INPUT_TOPIC": f"gone-in-{suffix}", "OUTPUT_TOPIC": f"gone-out-{suffix}", "DLQ_TOPIC": f"gone-dlq-{suffix}",
-               "GROUP_ID": f"gone-{suffix}", "BROKER_LOSS_TIMEOUT_S": str(limit_s)}
+        env = {
+            "INPUT_TOPIC": f"gone-in-{suffix}",
+            "OUTPUT_TOPIC": f"gone-out-{suffix}",
+            "DLQ_TOPIC": f"gone-dlq-{suffix}",
+            "GROUP_ID": f"gone-{suffix}",
+            "BROKER_LOSS_TIMEOUT_S": str(limit_s),
+        }
         fleet = Fleet(cluster.bootstrap_servers, models, work / "logs-gone", env)
         instance = fleet.start(1)
         stopped = time.monotonic()
@@ -448,21 +504,30 @@ def prepare_models(models: Path) -> Path:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| fault | mode | inputs | outputs | lost | duplicates | recovery s | self-restarts |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.fault} | {r.mode} | {r.inputs:,} | {r.outputs:,} | {r.lost} | {r.duplicates} | {r.recovery_s} "
-              f"| {r.restarts} |" for r in rows]
+    lines = [
+        "| fault | mode | inputs | outputs | lost | duplicates | recovery s | self-restarts |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.fault} | {r.mode} | {r.inputs:,} | {r.outputs:,} | {r.lost} | {r.duplicates} | {r.recovery_s} "
+        f"| {r.restarts} |"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--rides", type=int, default=1500)
     parser.add_argument("--rate", type=float, default=1500.0)
     parser.add_argument("--models", type=Path)
-    parser.add_argument("--extra", default="adversarial,brokers_gone", help="the scenarios beyond load + fault")
+    parser.add_argument(
+        "--extra", default="adversarial,brokers_gone", help="the scenarios beyond load + fault"
+    )
     parser.add_argument("--hostile", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=Path("results/faults.json"))
     args = parser.parse_args()
@@ -472,7 +537,15 @@ def main() -> None:
         models = prepare_models(args.models or work / "models")
         for fault in args.faults.split(","):
             for mode in args.modes.split(","):
-                row = run_fault(fault, mode, models, work, args.rides, args.rate, shared_bootstrap=shared.bootstrap_servers)
+                row = run_fault(
+                    fault,
+                    mode,
+                    models,
+                    work,
+                    args.rides,
+                    args.rate,
+                    shared_bootstrap=shared.bootstrap_servers,
+                )
                 rows.append(row)
                 print(json.dumps(asdict(row)), flush=True)
         rows += extra_rows(args, shared.bootstrap_servers, models, work)
@@ -482,7 +555,9 @@ def main() -> None:
     print(table(rows))
     bad = [r for r in rows if r.lost or (r.mode == "exactly_once" and r.duplicates)]
     if bad:
-        raise SystemExit(f"{len(bad)} scenarios lost or duplicated input: {[r.fault + '/' + r.mode for r in bad]}")
+        raise SystemExit(
+            f"{len(bad)} scenarios lost or duplicated input: {[r.fault + '/' + r.mode for r in bad]}"
+        )
 
 
 def extra_rows(args: Any, bootstrap: str, models: Path, work: Path) -> list[Row]:
@@ -492,8 +567,12 @@ def extra_rows(args: Any, bootstrap: str, models: Path, work: Path) -> list[Row]
         row, reasons, keys = run_adversarial(bootstrap, models, work, hostile=args.hostile)
         missing = args.hostile - len(keys)
         twice = sum(1 for n in keys.values() if n > 1)
-        print(f"adversarial: dead letters by reason {dict(reasons)}; missing {missing}, more than once {twice}")
-        rows.append(Row(row.fault, row.mode, row.inputs, row.outputs, row.lost + missing, row.duplicates + twice, 0.0))
+        print(
+            f"adversarial: dead letters by reason {dict(reasons)}; missing {missing}, more than once {twice}"
+        )
+        rows.append(
+            Row(row.fault, row.mode, row.inputs, row.outputs, row.lost + missing, row.duplicates + twice, 0.0)
+        )
     if "brokers_gone" in args.extra:
         code, log, seconds = run_brokers_gone(models, work)
         ok = code != 0 and "no Kafka broker reachable" in log

@@ -25,11 +25,20 @@ def raw_offset_ranges(messages: list[Message]) -> list[OffsetRange]:
         key, offset = (message.topic() or "", message.partition() or 0), message.offset() or 0
         first, last = spans.get(key, (offset, offset))
         spans[key] = (min(first, offset), max(last, offset))
-    return [OffsetRange(topic, partition, first, last + 1) for (topic, partition), (first, last) in spans.items()]
+    return [
+        OffsetRange(topic, partition, first, last + 1) for (topic, partition), (first, last) in spans.items()
+    ]
 
 
-def passthrough(bootstrap: str, source: str, target: str, group: str, batch_size: int, max_messages: int | None,
-                idle_timeout_s: float) -> int:
+def passthrough(
+    bootstrap: str,
+    source: str,
+    target: str,
+    group: str,
+    batch_size: int,
+    max_messages: int | None,
+    idle_timeout_s: float,
+) -> int:
     config = {"bootstrap.servers": bootstrap}
     # The committer speaks the runtime's consumer seam; the loop consumes raw messages from its client, so the
     # ceiling pays for no record conversion.
@@ -62,7 +71,9 @@ def passthrough(bootstrap: str, source: str, target: str, group: str, batch_size
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bootstrap-servers", required=True)
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
@@ -71,8 +82,15 @@ def main() -> None:
     parser.add_argument("--max-messages", type=int)
     parser.add_argument("--idle-timeout", type=float, default=3600.0)
     args = parser.parse_args()
-    passthrough(args.bootstrap_servers, args.input, args.output, args.group, args.batch_size, args.max_messages,
-                args.idle_timeout)
+    passthrough(
+        args.bootstrap_servers,
+        args.input,
+        args.output,
+        args.group,
+        args.batch_size,
+        args.max_messages,
+        args.idle_timeout,
+    )
 
 
 if __name__ == "__main__":

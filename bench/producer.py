@@ -22,12 +22,14 @@ from typing import Any
 
 from producer.publisher import publish_rides
 from producer.source import ride_events
-from shared.kafka import ensure_topic, make_producer, produce_with_backoff
-from shared.serde import encode
 from producer.synthetic import synthesize_trips
 from producer.trips import read_trips
+from shared.kafka import ensure_topic, make_producer, produce_with_backoff
+from shared.serde import encode
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "green_tripdata_2021-01.parquet"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "green_tripdata_2021-01.parquet"
+)
 
 
 def bench_raw(client_config: dict[str, str], payloads: list[tuple[bytes, bytes]]) -> float:
@@ -53,7 +55,9 @@ def bench_ridestream(client_config: dict[str, str], trips: Any, interval: float)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
     parser.add_argument("--bootstrap-servers")
     parser.add_argument("--progress-interval", type=float, default=60.0)
@@ -75,8 +79,16 @@ def main() -> None:
         for round_index in range(args.rounds):
             raw = bench_raw(config, payloads)
             ours, events = bench_ridestream(config, trips, args.progress_interval)
-            rounds.append({"raw_events_per_s": round(raw), "ridestream_events_per_s": round(ours), "ratio": round(ours / raw, 3)})
-            print(f"round {round_index + 1}: raw {raw:,.0f} ev/s, ridestream {ours:,.0f} ev/s, ratio {ours / raw:.2f}")
+            rounds.append(
+                {
+                    "raw_events_per_s": round(raw),
+                    "ridestream_events_per_s": round(ours),
+                    "ratio": round(ours / raw, 3),
+                }
+            )
+            print(
+                f"round {round_index + 1}: raw {raw:,.0f} ev/s, ridestream {ours:,.0f} ev/s, ratio {ours / raw:.2f}"
+            )
     best = max(rounds, key=lambda r: r["ridestream_events_per_s"])
     result = {
         "benchmark": "producer replay, as fast as possible",
@@ -92,7 +104,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     table = ["| round | raw confluent-kafka ev/s | ridestream ev/s | ratio |", "|---|---:|---:|---:|"]
-    table += [f"| {i + 1} | {r['raw_events_per_s']:,} | {r['ridestream_events_per_s']:,} | {r['ratio']:.2f} |" for i, r in enumerate(rounds)]
+    table += [
+        f"| {i + 1} | {r['raw_events_per_s']:,} | {r['ridestream_events_per_s']:,} | {r['ratio']:.2f} |"
+        for i, r in enumerate(rounds)
+    ]
     args.out.with_suffix(".md").write_text("\n".join(table) + "\n")
     print(f"wrote {args.out}")
 

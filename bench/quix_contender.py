@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 # ---- the venv (runs in the main venv) ----------------------------------------------------------------------
 
+
 def venv_python(venv: Path = QUIX_VENV) -> Path:
     return venv / "bin" / "python"
 
@@ -75,13 +76,18 @@ def main_venv_pins() -> list[str]:
 
 def _stamp(pins: list[str]) -> str:
     requirements = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    return json.dumps({"python": sys.version.split()[0], "pins": pins, "requirements": requirements}, sort_keys=True)
+    return json.dumps(
+        {"python": sys.version.split()[0], "pins": pins, "requirements": requirements}, sort_keys=True
+    )
 
 
 def build_lock_path(venv: Path) -> Path:
     # Two harness runs starting at once must not pip-install into the same venv concurrently. Outside the
     # repo, so the lock never shows up as an untracked file.
-    return Path(tempfile.gettempdir()) / f"ridestream-quix-venv-{hashlib.sha256(str(venv).encode()).hexdigest()[:12]}.lock"
+    return (
+        Path(tempfile.gettempdir())
+        / f"ridestream-quix-venv-{hashlib.sha256(str(venv).encode()).hexdigest()[:12]}.lock"
+    )
 
 
 def ensure_quix_venv(venv: Path = QUIX_VENV) -> Path:
@@ -121,19 +127,41 @@ def quix_available() -> bool:
         return True
     import importlib.util
 
-    return REQUIREMENTS.is_file() and all(importlib.util.find_spec(m) is not None for m in ("venv", "ensurepip"))
+    return REQUIREMENTS.is_file() and all(
+        importlib.util.find_spec(m) is not None for m in ("venv", "ensurepip")
+    )
 
 
-def quix_command(bootstrap: str, source: str, target: str, group: str, models: Path) -> tuple[list[str], dict[str, str]]:
+def quix_command(
+    bootstrap: str, source: str, target: str, group: str, models: Path
+) -> tuple[list[str], dict[str, str]]:
     """The harness's contender command: this module under the Quix venv's python (built on first use)."""
     python = ensure_quix_venv()
-    return [str(python), "-m", "bench.quix_contender", "--bootstrap-servers", bootstrap, "--input", source,
-            "--output", target, "--dlq", target + ".dlq", "--group", group, "--models", str(models)], {}
+    return [
+        str(python),
+        "-m",
+        "bench.quix_contender",
+        "--bootstrap-servers",
+        bootstrap,
+        "--input",
+        source,
+        "--output",
+        target,
+        "--dlq",
+        target + ".dlq",
+        "--group",
+        group,
+        "--models",
+        str(models),
+    ], {}
 
 
 # ---- the contender (runs in the Quix venv) ------------------------------------------------------------------
 
-def build_app(bootstrap: str, source: str, target: str, dlq: str, group: str, models: Path, state_dir: Path) -> Any:
+
+def build_app(
+    bootstrap: str, source: str, target: str, dlq: str, group: str, models: Path, state_dir: Path
+) -> Any:
     """The Quix Application with its StreamingDataFrame: consume → score one event → produce."""
     from quixstreams import Application, message_context
     from quixstreams.models import SerializationContext, Serializer
@@ -154,7 +182,12 @@ def build_app(bootstrap: str, source: str, target: str, dlq: str, group: str, mo
         auto_offset_reset="earliest",  # like ridestream: a new group starts at the beginning
         processing_guarantee="at-least-once",
         # ridestream's producer settings (shared.kafka.make_producer), so only the processing model differs.
-        producer_extra_config={"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"},
+        producer_extra_config={
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        },
         state_dir=state_dir,  # stateless pipeline; keeps Quix's default ./state out of the repo
         loglevel="WARNING",
     )
@@ -166,8 +199,9 @@ def build_app(bootstrap: str, source: str, target: str, dlq: str, group: str, mo
 
     def score(value: bytes | None, key: bytes | None, _timestamp: int, headers: Any) -> PeerOutput | None:
         context = message_context()
-        record = PeerRecord(context.topic, context.partition, context.offset, key, value,
-                            list(headers) if headers else None)
+        record = PeerRecord(
+            context.topic, context.partition, context.offset, key, value, list(headers) if headers else None
+        )
         return score_record(record, scorer, SERVICE, MAX_PAYLOAD_BYTES)
 
     def produced_now(*_: Any) -> int:
@@ -187,20 +221,33 @@ def build_app(bootstrap: str, source: str, target: str, dlq: str, group: str, mo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bootstrap-servers", required=True)
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--dlq", help="dead-letter topic (default: OUTPUT.dlq)")
     parser.add_argument("--group", required=True)
     parser.add_argument("--models", type=Path, required=True)
-    parser.add_argument("--idle-timeout", type=float, default=0.0,
-                        help="stop after this many seconds without a record (0: run until SIGTERM)")
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds without a record (0: run until SIGTERM)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="ridestream-quix-") as state_dir:
-        app = build_app(args.bootstrap_servers, args.input, args.output, args.dlq or args.output + ".dlq",
-                        args.group, args.models, Path(state_dir))
+        app = build_app(
+            args.bootstrap_servers,
+            args.input,
+            args.output,
+            args.dlq or args.output + ".dlq",
+            args.group,
+            args.models,
+            Path(state_dir),
+        )
         # Quix stops gracefully on SIGTERM / Ctrl+C: it checkpoints (flush, verify, commit) before leaving.
         app.run(timeout=args.idle_timeout, collect=False)
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {
-    "bench": "results/bench.md", "faults": "results/faults.md", "producer": "results/producer.md",
+    "bench": "results/bench.md",
+    "faults": "results/faults.md",
+    "producer": "results/producer.md",
     "costs": "results/scoring-costs.md",
 }
 DOCS = ("README.md", "docs/guarantees.md", "docs/scaling.md", "docs/performance.md")

@@ -48,60 +48,105 @@ def best_seconds(work: Callable[[], Any], repeats: int) -> float:
 
 
 def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i: i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def model_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list[bytes]:
     """The previous way: a validated contract model per prediction, then its serialiser."""
-    return [encode(DurationPrediction(
-        ride_id=e.ride_id, source_event_id=e.event_id, source_event_type=e.event_type, source_event_time=e.event_time,
-        model_name=PROGRESS_MODEL, model_version="v1", produced_at=produced_at, predicted_duration_minutes=12.5,
-        predicted_remaining_minutes=3.5, elapsed_seconds=e.elapsed_seconds)) for e in events]
+    return [
+        encode(
+            DurationPrediction(
+                ride_id=e.ride_id,
+                source_event_id=e.event_id,
+                source_event_type=e.event_type,
+                source_event_time=e.event_time,
+                model_name=PROGRESS_MODEL,
+                model_version="v1",
+                produced_at=produced_at,
+                predicted_duration_minutes=12.5,
+                predicted_remaining_minutes=3.5,
+                elapsed_seconds=e.elapsed_seconds,
+            )
+        )
+        for e in events
+    ]
 
 
 def direct_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list[bytes]:
-    return [encode_prediction(DurationPrediction, e, PROGRESS_MODEL, "v1", produced_at, predicted_duration_minutes=12.5,
-                              predicted_remaining_minutes=3.5, elapsed_seconds=e.elapsed_seconds).value for e in events]
+    return [
+        encode_prediction(
+            DurationPrediction,
+            e,
+            PROGRESS_MODEL,
+            "v1",
+            produced_at,
+            predicted_duration_minutes=12.5,
+            predicted_remaining_minutes=3.5,
+            elapsed_seconds=e.elapsed_seconds,
+        ).value
+        for e in events
+    ]
 
 
-def stage_costs(scorer: TripDurationScorer, values: list[tuple[bytes, bytes]], batch_size: int,
-                repeats: int) -> dict[str, float]:
-    records = [PeerRecord("rides.events", 0, offset, key, value) for offset, (key, value) in enumerate(values)]
+def stage_costs(
+    scorer: TripDurationScorer, values: list[tuple[bytes, bytes]], batch_size: int, repeats: int
+) -> dict[str, float]:
+    records = [
+        PeerRecord("rides.events", 0, offset, key, value) for offset, (key, value) in enumerate(values)
+    ]
     decoded = [decode_event(value) for _key, value in values]
     typed = [e for e in decoded if not isinstance(e, Rejected) and e.event_type != "ride_completed"]
     started = [e for e in typed if isinstance(e, RideStarted)]
     progress = [e for e in typed if isinstance(e, RideProgress)]
     now = datetime.now(UTC)
     per_batch = len(values) / batch_size
-    start_batch, progress_batch = max(1, round(len(started) / per_batch)), max(1, round(len(progress) / per_batch))
+    start_batch, progress_batch = (
+        max(1, round(len(started) / per_batch)),
+        max(1, round(len(progress) / per_batch)),
+    )
     start_X = [start_features(start_columns_from_events(b)) for b in batches(started, start_batch)]
-    progress_X = [progress_features(progress_columns_from_events(b)) for b in batches(progress, progress_batch)]
+    progress_X = [
+        progress_features(progress_columns_from_events(b)) for b in batches(progress, progress_batch)
+    ]
     stages: dict[str, Callable[[], Any]] = {
         "decode and validate": lambda: [decode_event(value) for _key, value in values],
-        "feature matrices": lambda: ([start_features(start_columns_from_events(b)) for b in batches(started, start_batch)],
-                                     [progress_features(progress_columns_from_events(b))
-                                      for b in batches(progress, progress_batch)]),
+        "feature matrices": lambda: (
+            [start_features(start_columns_from_events(b)) for b in batches(started, start_batch)],
+            [progress_features(progress_columns_from_events(b)) for b in batches(progress, progress_batch)],
+        ),
         f"predict {START_MODEL}": lambda: [predict_rows(scorer.start_model, X) for X in start_X],
         f"predict {PROGRESS_MODEL}": lambda: [predict_rows(scorer.progress_model, X) for X in progress_X],
         "encode: contract model + serialiser (before)": lambda: model_encoded(progress, now),
         "encode: encode_prediction (now)": lambda: direct_encoded(progress, now),
         "score_batch (decode, features, predict, encode)": lambda: [
-            score_batch(b, scorer, "duration", 64 * 1024, now) for b in batches(records, batch_size)],
+            score_batch(b, scorer, "duration", 64 * 1024, now) for b in batches(records, batch_size)
+        ],
     }
     return {name: round(best_seconds(work, repeats) / len(values) * 1e6, 3) for name, work in stages.items()}
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [(f"Per input event, micro-batches of {result['batch_size']:,} ({result['events']:,} synthetic events, "
-             f"best of {result['repeats']}):"), "", "| stage | µs per event |", "|---|---:|"]
+    lines = [
+        (
+            f"Per input event, micro-batches of {result['batch_size']:,} ({result['events']:,} synthetic events, "
+            f"best of {result['repeats']}):"
+        ),
+        "",
+        "| stage | µs per event |",
+        "|---|---:|",
+    ]
     lines += [f"| {name} | {us} |" for name, us in result["us_per_event"].items()]
     lines += ["", f"Encoding, before ÷ now: {result['encode_before_over_now']}x."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=Path, help="model dir (default: train on synthetic rides into a temp dir)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models", type=Path, help="model dir (default: train on synthetic rides into a temp dir)"
+    )
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("results/scoring-costs.json"))
@@ -113,9 +158,13 @@ def main() -> None:
         values = encoded_events(args.events // 16 + 1, seed=7)[: args.events]
         us = stage_costs(scorer, values, service_batch_size(), args.repeats)
     result = {
-        "batch_size": service_batch_size(), "events": len(values), "repeats": args.repeats, "us_per_event": us,
-        "encode_before_over_now": round(us["encode: contract model + serialiser (before)"]
-                                        / us["encode: encode_prediction (now)"], 2),
+        "batch_size": service_batch_size(),
+        "events": len(values),
+        "repeats": args.repeats,
+        "us_per_event": us,
+        "encode_before_over_now": round(
+            us["encode: contract model + serialiser (before)"] / us["encode: encode_prediction (now)"], 2
+        ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

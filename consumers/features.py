@@ -160,7 +160,10 @@ def start_columns_from_trips(trips: pd.DataFrame) -> StartColumns:
 
 
 def progress_columns_from_trips(
-    trips: pd.DataFrame, ride_rows: np.ndarray, elapsed_seconds: np.ndarray, distance_covered_miles: np.ndarray
+    trips: pd.DataFrame,
+    ride_rows: np.ndarray,
+    elapsed_seconds: np.ndarray,
+    distance_covered_miles: np.ndarray,
 ) -> ProgressColumns:
     """Progress snapshots of trip-frame rides: snapshot i is ride `ride_rows[i]` at `elapsed_seconds[i]`."""
     return ProgressColumns(
@@ -229,7 +232,9 @@ def progress_features(columns: ProgressColumns) -> np.ndarray:
     pace_minutes = np.maximum(elapsed_minutes, MIN_PACE_MINUTES)
     speed_so_far_mph = covered / (pace_minutes / 60.0)
     # The naive forecast a dispatcher would make: the rest of the way at the pace driven so far.
-    minutes_left_at_pace = np.minimum(left * pace_minutes / np.maximum(covered, MIN_PACE_MILES), MAX_MINUTES_AT_PACE)
+    minutes_left_at_pace = np.minimum(
+        left * pace_minutes / np.maximum(covered, MIN_PACE_MILES), MAX_MINUTES_AT_PACE
+    )
     return np.column_stack(
         [
             columns.pickup_zone,
@@ -247,7 +252,9 @@ def progress_features(columns: ProgressColumns) -> np.ndarray:
     ).astype(np.float64)
 
 
-def baseline_dicts(pickup_zone: np.ndarray, dropoff_zone: np.ndarray, trip_distance: np.ndarray) -> list[dict[str, Any]]:
+def baseline_dicts(
+    pickup_zone: np.ndarray, dropoff_zone: np.ndarray, trip_distance: np.ndarray
+) -> list[dict[str, Any]]:
     """The MLOps-zoomcamp baseline's input: one dict per ride, PU_DO as "<PU>_<DO>" and the distance."""
     return [
         {"PU_DO": f"{pu}_{do}", "trip_distance": float(distance)}
@@ -277,7 +284,7 @@ class ZoneCategories(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             zones = np.clip(X[:, column].astype(np.int64), 0, HIGHEST_ZONE_ID)
             counts = np.bincount(zones, minlength=HIGHEST_ZONE_ID + 1)
             by_frequency = np.argsort(-counts, kind="stable")
-            kept = by_frequency[: other][counts[by_frequency[: other]] > 0]
+            kept = by_frequency[:other][counts[by_frequency[:other]] > 0]
             codes = np.full(HIGHEST_ZONE_ID + 1, float(other))
             codes[np.sort(kept)] = np.arange(len(kept), dtype=np.float64)
             self.codes_.append(codes)

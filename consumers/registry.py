@@ -55,8 +55,14 @@ def _settings_classes(name: str, env_prefix: str) -> type[ServiceSettings]:
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("duration", "DURATION_", DurationPrediction, "predicted_duration_minutes",
-                (START_MODEL, PROGRESS_MODEL), load_duration_scorer),
+    ServiceSpec(
+        "duration",
+        "DURATION_",
+        DurationPrediction,
+        "predicted_duration_minutes",
+        (START_MODEL, PROGRESS_MODEL),
+        load_duration_scorer,
+    ),
     ServiceSpec("tip", "TIP_", TipPrediction, "predicted_tip_usd", ("tip",), load_tip_scorer),
     ServiceSpec("cost", "COST_", CostPrediction, "predicted_total_usd", ("cost",), load_cost_scorer),
 )

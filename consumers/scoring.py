@@ -27,10 +27,10 @@ from pydantic import TypeAdapter
 from pydantic_core import to_json
 from threadpoolctl import ThreadpoolController
 
+from consumers.features import StartColumns, start_columns_from_events, start_features
 from schemas.base import SCHEMA_VERSION
 from schemas.events import RideCompleted, RideProgress, RideStarted
 from schemas.predictions import CostPrediction, DurationPrediction, TipPrediction
-from consumers.features import StartColumns, start_columns_from_events, start_features
 
 Event = RideStarted | RideProgress | RideCompleted
 EventT = TypeVar("EventT", RideStarted, RideProgress, RideCompleted)
@@ -81,15 +81,25 @@ def check_labels(contract: type[Prediction], model_name: str, model_version: str
 
 
 def encode_prediction(
-    contract: type[Prediction], event: Event, model_name: str, model_version: str, produced_at: datetime,
+    contract: type[Prediction],
+    event: Event,
+    model_name: str,
+    model_version: str,
+    produced_at: datetime,
     **values: float,
 ) -> EncodedPrediction:
     """The prediction of `event` as `contract` serialises it: the common fields in the contract's order,
     then `values` (the contract's own fields, passed in its order)."""
     fields = {
-        "schema_version": SCHEMA_VERSION, "ride_id": event.ride_id, "source_event_id": event.event_id,
-        "source_event_type": event.event_type, "source_event_time": event.event_time, "model_name": model_name,
-        "model_version": model_version, "produced_at": produced_at, "prediction_type": PREDICTION_TYPES[contract],
+        "schema_version": SCHEMA_VERSION,
+        "ride_id": event.ride_id,
+        "source_event_id": event.event_id,
+        "source_event_type": event.event_type,
+        "source_event_time": event.event_time,
+        "model_name": model_name,
+        "model_version": model_version,
+        "produced_at": produced_at,
+        "prediction_type": PREDICTION_TYPES[contract],
         **values,
     }
     return EncodedPrediction(event.ride_id, event.ride_id.encode(), to_json(fields), contract)
@@ -144,14 +154,21 @@ def tip_where_recorded(predicted_tip: np.ndarray, payment_type: np.ndarray) -> n
 def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -> list[tuple[int, str]]:
     """Events a scorer was handed but does not score (the runner filters them; this keeps the scorer total)."""
     return [
-        (position, f"{event.event_type} events are not scored here (scores {', '.join(sorted(scored_types))})")
+        (
+            position,
+            f"{event.event_type} events are not scored here (scores {', '.join(sorted(scored_types))})",
+        )
         for position, event in enumerate(events)
         if event.event_type not in scored_types
     ]
 
 
 def record_outcome(
-    result: ScoreResult, position: int, event: EventT, value: float, model_name: str,
+    result: ScoreResult,
+    position: int,
+    event: EventT,
+    value: float,
+    model_name: str,
     build: Callable[[EventT, float], EncodedPrediction],
 ) -> None:
     """Append the event's prediction, or its failure (at `position`) when the model's number is not finite."""
@@ -174,8 +191,13 @@ class StartScorer:
     scored_event_types: frozenset[str] = frozenset({"ride_started"})
 
     def __init__(
-        self, contract: type[Prediction], model_name: str, value_field: str, post_process: PostProcess,
-        model: Predictor, model_version: str,
+        self,
+        contract: type[Prediction],
+        model_name: str,
+        value_field: str,
+        post_process: PostProcess,
+        model: Predictor,
+        model_version: str,
     ) -> None:
         self.contract = contract
         self.model_name = model_name
@@ -192,8 +214,14 @@ class StartScorer:
         values = self.post_process(predict_rows(self.model, start_features(columns)), columns)
 
         def prediction(event: RideStarted, value: float) -> EncodedPrediction:
-            return encode_prediction(self.contract, event, self.model_name, self.model_version, produced_at,
-                                     **{self.value_field: value})
+            return encode_prediction(
+                self.contract,
+                event,
+                self.model_name,
+                self.model_version,
+                produced_at,
+                **{self.value_field: value},
+            )
 
         for (position, event), value in zip(started, values.tolist()):
             record_outcome(result, position, event, value, self.model_name, prediction)

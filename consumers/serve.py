@@ -16,7 +16,9 @@ from shared.service import run_service
 from shared.settings import KafkaSettings
 
 
-def serve(spec: ServiceSpec, overrides: Mapping[str, Any] | None = None, kafka: KafkaSettings | None = None) -> RunStats:
+def serve(
+    spec: ServiceSpec, overrides: Mapping[str, Any] | None = None, kafka: KafkaSettings | None = None
+) -> RunStats:
     """`overrides` are CLI flags that beat the environment."""
     settings = spec.settings(overrides)
     scorer = spec.load_scorer(settings.models_dir)

@@ -52,9 +52,9 @@ from consumers.features import (
     start_features,
 )
 from consumers.scoring import openmp_threads, tip_where_recorded
+from schemas.ride_path import covered_distance
 from shared.errors import DataSourceError
 from shared.models import MODEL_NAMES, artifacts_present, fingerprint_frame, load_model, save_model
-from schemas.ride_path import covered_distance
 
 Progress = Callable[[str], None]
 
@@ -83,18 +83,37 @@ BOOSTER_DEFAULTS: dict[str, Any] = {"early_stopping": False, "random_state": 0}
 # predict 60 rows in 1.5 ms instead of 300 trees at 0.1 in 3.2 ms, for RMSE 5.25 instead of 5.18 on green
 # 2021-02 (results/steps/duration-params-sweep.md: 36 settings; 40 trees saved 0.1 ms more and came within
 # 0.02 of the 5.3 line).
-DURATION_PARAMS: dict[str, Any] = {"loss": "squared_error", "max_iter": 60, "learning_rate": 0.2, "max_leaf_nodes": 31}
+DURATION_PARAMS: dict[str, Any] = {
+    "loss": "squared_error",
+    "max_iter": 60,
+    "learning_rate": 0.2,
+    "max_leaf_nodes": 31,
+}
 # Progress events are ~90% of what the duration service scores, so this model's predict cost is the
 # service's throughput: 60 rounds at 0.25 predict in 3.3 ms per 1,000 rows against 7.7 ms for 200 at 0.1,
 # for an RMSE of 2.48 instead of 2.45 min (green 2021-01 → 2021-02).
-DYNAMIC_PARAMS: dict[str, Any] = {"loss": "squared_error", "max_iter": 60, "learning_rate": 0.25, "max_leaf_nodes": 31}
+DYNAMIC_PARAMS: dict[str, Any] = {
+    "loss": "squared_error",
+    "max_iter": 60,
+    "learning_rate": 0.25,
+    "max_leaf_nodes": 31,
+}
 # Absolute error: the served number should be the typical tip (a median), and card tips are a mix of
 # "nothing" and ~20%, whose mean is neither. At least 50 rides per leaf: ~20k card rides a month, and the
 # recency weights leave fewer of them really counting.
 TIP_PARAMS: dict[str, Any] = {
-    "loss": "absolute_error", "max_iter": 200, "learning_rate": 0.3, "max_leaf_nodes": 31, "min_samples_leaf": 50,
+    "loss": "absolute_error",
+    "max_iter": 200,
+    "learning_rate": 0.3,
+    "max_leaf_nodes": 31,
+    "min_samples_leaf": 50,
 }
-COST_PARAMS: dict[str, Any] = {"loss": "squared_error", "max_iter": 300, "learning_rate": 0.1, "max_leaf_nodes": 63}
+COST_PARAMS: dict[str, Any] = {
+    "loss": "squared_error",
+    "max_iter": 300,
+    "learning_rate": 0.1,
+    "max_leaf_nodes": 63,
+}
 
 
 @dataclass(frozen=True)
@@ -135,7 +154,9 @@ class Recipe:
 
 
 def ride_seconds(trips: pd.DataFrame) -> np.ndarray:
-    seconds: np.ndarray = (trips["dropoff_time"] - trips["pickup_time"]).dt.total_seconds().to_numpy(dtype=np.float64)
+    seconds: np.ndarray = (
+        (trips["dropoff_time"] - trips["pickup_time"]).dt.total_seconds().to_numpy(dtype=np.float64)
+    )
     return seconds
 
 
@@ -194,7 +215,9 @@ def sample_progress(trips: pd.DataFrame, per_ride: int, seed: int) -> ProgressSa
 
 
 def progress_matrix(trips: pd.DataFrame, samples: ProgressSamples) -> np.ndarray:
-    columns = progress_columns_from_trips(trips, samples.ride_rows, samples.elapsed_seconds, samples.distance_covered_miles)
+    columns = progress_columns_from_trips(
+        trips, samples.ride_rows, samples.elapsed_seconds, samples.distance_covered_miles
+    )
     return progress_features(columns)
 
 
@@ -204,7 +227,9 @@ def start_matrix(trips: pd.DataFrame) -> np.ndarray:
 
 def baseline_input(trips: pd.DataFrame) -> list[dict[str, Any]]:
     return baseline_dicts(
-        trips["pickup_zone"].to_numpy(), trips["dropoff_zone"].to_numpy(), trips["trip_distance_miles"].to_numpy()
+        trips["pickup_zone"].to_numpy(),
+        trips["dropoff_zone"].to_numpy(),
+        trips["trip_distance_miles"].to_numpy(),
     )
 
 
@@ -217,7 +242,9 @@ def booster(params: dict[str, Any]) -> Pipeline:
             ("zones", ZoneCategories()),
             (
                 "booster",
-                HistGradientBoostingRegressor(categorical_features=list(ZONE_COLUMNS), **BOOSTER_DEFAULTS, **params),
+                HistGradientBoostingRegressor(
+                    categorical_features=list(ZONE_COLUMNS), **BOOSTER_DEFAULTS, **params
+                ),
             ),
         ]
     )
@@ -279,7 +306,10 @@ def predict(model: Any, X: Any) -> np.ndarray:
 
 def measure_duration(model: Any, trips: pd.DataFrame) -> dict[str, Any]:
     rides = zoomcamp_rides(trips)
-    return {**error_metrics(ride_minutes(rides), predict(model, start_matrix(rides))), "rides": "1..60 min (zoomcamp)"}
+    return {
+        **error_metrics(ride_minutes(rides), predict(model, start_matrix(rides))),
+        "rides": "1..60 min (zoomcamp)",
+    }
 
 
 def measure_dynamic(model: Any, trips: pd.DataFrame) -> dict[str, Any]:
@@ -324,23 +354,67 @@ def measure_cost(model: Any, trips: pd.DataFrame) -> dict[str, Any]:
 
 def measure_baseline(model: Any, trips: pd.DataFrame) -> dict[str, Any]:
     rides = zoomcamp_rides(trips)
-    return {**error_metrics(ride_minutes(rides), predict(model, baseline_input(rides))), "rides": "1..60 min (zoomcamp)"}
+    return {
+        **error_metrics(ride_minutes(rides), predict(model, baseline_input(rides))),
+        "rides": "1..60 min (zoomcamp)",
+    }
 
 
 RECIPES: tuple[Recipe, ...] = (
-    Recipe("duration", "trip minutes", START_FEATURES, DURATION_PARAMS, lambda: booster(DURATION_PARAMS),
-           duration_fit_data, measure_duration, {"train_rides": "1..60 min"}),
-    Recipe("dynamic_duration", "minutes left at a progress event", PROGRESS_FEATURES, DYNAMIC_PARAMS,
-           lambda: booster(DYNAMIC_PARAMS), dynamic_fit_data, measure_dynamic,
-           {"train_rides": "1..60 min", "progress_samples_per_ride": PROGRESS_SAMPLES_PER_RIDE,
-            "progress_seed": TRAINING_SEED}),
-    Recipe("tip", "recorded tip, USD", START_FEATURES, TIP_PARAMS, lambda: booster(TIP_PARAMS),
-           tip_fit_data, measure_tip, {"train_rides": "card", "recency_half_life_days": TIP_HALF_LIFE_DAYS}),
-    Recipe("cost", "total_amount, USD", START_FEATURES, COST_PARAMS, lambda: booster(COST_PARAMS),
-           cost_fit_data, measure_cost, {"train_rides": "all"}),
-    Recipe("baseline", "trip minutes (MLOps-zoomcamp baseline)", BASELINE_FEATURES,
-           {"estimator": "DictVectorizer + LinearRegression"}, zoomcamp_baseline, baseline_fit_data,
-           measure_baseline, {"train_rides": "1..60 min"}),
+    Recipe(
+        "duration",
+        "trip minutes",
+        START_FEATURES,
+        DURATION_PARAMS,
+        lambda: booster(DURATION_PARAMS),
+        duration_fit_data,
+        measure_duration,
+        {"train_rides": "1..60 min"},
+    ),
+    Recipe(
+        "dynamic_duration",
+        "minutes left at a progress event",
+        PROGRESS_FEATURES,
+        DYNAMIC_PARAMS,
+        lambda: booster(DYNAMIC_PARAMS),
+        dynamic_fit_data,
+        measure_dynamic,
+        {
+            "train_rides": "1..60 min",
+            "progress_samples_per_ride": PROGRESS_SAMPLES_PER_RIDE,
+            "progress_seed": TRAINING_SEED,
+        },
+    ),
+    Recipe(
+        "tip",
+        "recorded tip, USD",
+        START_FEATURES,
+        TIP_PARAMS,
+        lambda: booster(TIP_PARAMS),
+        tip_fit_data,
+        measure_tip,
+        {"train_rides": "card", "recency_half_life_days": TIP_HALF_LIFE_DAYS},
+    ),
+    Recipe(
+        "cost",
+        "total_amount, USD",
+        START_FEATURES,
+        COST_PARAMS,
+        lambda: booster(COST_PARAMS),
+        cost_fit_data,
+        measure_cost,
+        {"train_rides": "all"},
+    ),
+    Recipe(
+        "baseline",
+        "trip minutes (MLOps-zoomcamp baseline)",
+        BASELINE_FEATURES,
+        {"estimator": "DictVectorizer + LinearRegression"},
+        zoomcamp_baseline,
+        baseline_fit_data,
+        measure_baseline,
+        {"train_rides": "1..60 min"},
+    ),
 )
 assert tuple(r.name for r in RECIPES) == MODEL_NAMES
 
@@ -368,7 +442,11 @@ def fit(recipe: Recipe, trips: pd.DataFrame) -> Any:
 
 def rounded(metrics: dict[str, Any], digits: int = 4) -> dict[str, Any]:
     return {
-        key: rounded(value, digits) if isinstance(value, dict) else round(value, digits) if isinstance(value, float) else value
+        key: rounded(value, digits)
+        if isinstance(value, dict)
+        else round(value, digits)
+        if isinstance(value, float)
+        else value
         for key, value in metrics.items()
     }
 
@@ -396,16 +474,25 @@ def train_all(trips: pd.DataFrame, models_dir: Path, report: Progress) -> dict[s
         validation = rounded(recipe.measure(fit(recipe, fit_part), holdout))
         model = fit(recipe, trips)
         params = {"target": recipe.target, **recipe.params, **recipe.notes}
-        metadata = save_model(models_dir, recipe.name, model, features=recipe.features, training_data=fingerprint,
-                              metrics={"validation": validation}, params=params)
+        metadata = save_model(
+            models_dir,
+            recipe.name,
+            model,
+            features=recipe.features,
+            training_data=fingerprint,
+            metrics={"validation": validation},
+            params=params,
+        )
         seconds = round(time.monotonic() - began, 2)
         results[recipe.name] = {"version": metadata.version, "seconds": seconds, "validation": validation}
-        report(f"fitted {recipe.name} in {seconds:.1f}s (validation rmse {validation['rmse']:.3f}, "
-               f"mae {validation['mae']:.3f})")
+        report(
+            f"fitted {recipe.name} in {seconds:.1f}s (validation rmse {validation['rmse']:.3f}, "
+            f"mae {validation['mae']:.3f})"
+        )
     return {
         "rides": len(trips),
         "validation": f"fit on the earliest {1 - HOLDOUT_SHARE:.0%} of rides by pickup time, measured on the "
-                      f"latest {HOLDOUT_SHARE:.0%} ({len(fit_part)} / {len(holdout)} rides); then refit on all",
+        f"latest {HOLDOUT_SHARE:.0%} ({len(fit_part)} / {len(holdout)} rides); then refit on all",
         "seconds": round(time.monotonic() - started, 2),
         "models": results,
     }
@@ -417,12 +504,15 @@ def evaluate_models(trips: pd.DataFrame, models_dir: Path) -> dict[str, Any]:
     for recipe in RECIPES:
         loaded = load_model(Path(models_dir), recipe.name, recipe.features)
         with openmp_threads():
-            measured[recipe.name] = {**rounded(recipe.measure(loaded.model, trips)), "version": loaded.version}
+            measured[recipe.name] = {
+                **rounded(recipe.measure(loaded.model, trips)),
+                "version": loaded.version,
+            }
     baseline = measured.pop("baseline")
     return {
         "rides": len(trips),
         "models": measured,
         "baseline": baseline,
         "notes": "duration, dynamic_duration and baseline are measured on rides of 1..60 min (the MLOps-zoomcamp "
-                 "filter); dynamic_duration's error is of the minutes left, which equals the error of the total",
+        "filter); dynamic_duration's error is of the minutes left, which equals the error of the total",
     }

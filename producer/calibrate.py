@@ -41,8 +41,15 @@ def pair_statistics(trips: pd.DataFrame) -> dict[str, Any]:
     global_sigma = float(log_distance.std())
     return {
         "pairs": [
-            [int(pu), int(do), int(row["count"]), round(float(row["mu"]), 4),
-             round(float(row["sigma"]) if row["count"] > 5 and np.isfinite(row["sigma"]) else global_sigma, 4)]
+            [
+                int(pu),
+                int(do),
+                int(row["count"]),
+                round(float(row["mu"]), 4),
+                round(
+                    float(row["sigma"]) if row["count"] > 5 and np.isfinite(row["sigma"]) else global_sigma, 4
+                ),
+            ]
             for (pu, do), row in top.iterrows()
         ],
         "top_pair_share": round(float(top["count"].sum() / stats["count"].sum()), 6),
@@ -57,7 +64,9 @@ def speed_model(trips: pd.DataFrame, local: pd.Series) -> dict[str, Any]:
     log_mph = np.log(trips["trip_distance_miles"] / (minutes / 60))
     log_distance = np.log(trips["trip_distance_miles"])
     hours = local.dt.hour
-    design = np.column_stack([pd.get_dummies(hours).reindex(columns=range(24), fill_value=0).to_numpy(float), log_distance])
+    design = np.column_stack(
+        [pd.get_dummies(hours).reindex(columns=range(24), fill_value=0).to_numpy(float), log_distance]
+    )
     coefficients, *_ = np.linalg.lstsq(design, log_mph.to_numpy(), rcond=None)
     residual = log_mph.to_numpy() - design @ coefficients
     return {
@@ -81,7 +90,9 @@ def fare_rule_factor(trips: pd.DataFrame) -> float:
     undercharges slow stretches; this one factor absorbs that."""
     metered = trips[(trips["payment_type"] != 5) & (trips["rate_code"] == 1)]
     minutes = (metered["dropoff_time"] - metered["pickup_time"]).dt.total_seconds().to_numpy() / 60
-    rule = metered_fare(metered["trip_distance_miles"].to_numpy(), minutes, metered["rate_code"].to_numpy(), 1.0)
+    rule = metered_fare(
+        metered["trip_distance_miles"].to_numpy(), minutes, metered["rate_code"].to_numpy(), 1.0
+    )
     return round(float(np.median(metered["fare_amount_usd"].to_numpy() / rule)), 4)
 
 
@@ -92,8 +103,14 @@ def calibrate(paths: list[Path]) -> dict[str, Any]:
     return {
         "source": [path.name for path in paths],
         "rides": len(trips),
-        "hour_shares": [round(float(s), 6) for s in local.dt.hour.value_counts(normalize=True).reindex(range(24), fill_value=0)],
-        "weekday_shares": [round(float(s), 6) for s in local.dt.day_of_week.value_counts(normalize=True).reindex(range(7), fill_value=0)],
+        "hour_shares": [
+            round(float(s), 6)
+            for s in local.dt.hour.value_counts(normalize=True).reindex(range(24), fill_value=0)
+        ],
+        "weekday_shares": [
+            round(float(s), 6)
+            for s in local.dt.day_of_week.value_counts(normalize=True).reindex(range(7), fill_value=0)
+        ],
         **pair_statistics(trips),
         "pickup_zone_shares": shares(trips["pickup_zone"]),
         "dropoff_zone_shares": shares(trips["dropoff_zone"]),
@@ -103,14 +120,21 @@ def calibrate(paths: list[Path]) -> dict[str, Any]:
         "rate_code_shares": shares(trips.loc[has_codes, "rate_code"]),
         "trip_type_shares": shares(trips.loc[has_codes, "trip_type"]),
         "vendor_id_shares": shares(trips["vendor_id"]),
-        "toll_share": round(float((trips["total_amount_usd"] - trips["fare_amount_usd"] - trips["tip_amount_usd"] > 8).mean()), 6),
+        "toll_share": round(
+            float(
+                (trips["total_amount_usd"] - trips["fare_amount_usd"] - trips["tip_amount_usd"] > 8).mean()
+            ),
+            6,
+        ),
         "fare_rule_factor": fare_rule_factor(trips),
         **tipping(trips),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=CALIBRATION_PATH)
     args = parser.parse_args()

@@ -74,7 +74,9 @@ def publish_rides(
     """
     summary = PublishSummary()
     tracker = DeliveryTracker(summary)
-    callbacks = {kind: tracker.callback_for(kind) for kind in ("ride_started", "ride_progress", "ride_completed")}
+    callbacks = {
+        kind: tracker.callback_for(kind) for kind in ("ride_started", "ride_progress", "ride_completed")
+    }
     started = time.monotonic()
     since_report = 0
     for event in events:
@@ -83,7 +85,9 @@ def publish_rides(
             if wait > 0:
                 producer.poll(wait)  # serve delivery reports while we wait instead of sleeping blind
         tracker.in_flight += 1
-        produce_with_backoff(producer, topic, event.ride_id.encode(), encode(event), callbacks[event.event_type])
+        produce_with_backoff(
+            producer, topic, event.ride_id.encode(), encode(event), callbacks[event.event_type]
+        )
         since_report += 1
         if since_report >= 5000:
             producer.poll(0)

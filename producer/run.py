@@ -14,10 +14,10 @@ from rich.table import Table
 from producer.publisher import PublishSummary, publish_rides
 from producer.settings import DEFAULT_SYNTHETIC_RIDES, ProducerSettings
 from producer.source import Pacer, count_events, ride_events
-from shared.kafka import ensure_topic, make_producer, wait_for_cluster
-from shared.settings import KafkaSettings
 from producer.synthetic import synthesize_trips
 from producer.trips import TripFrame, read_many
+from shared.kafka import ensure_topic, make_producer, wait_for_cluster
+from shared.settings import KafkaSettings
 
 
 @dataclass
@@ -58,12 +58,19 @@ def produce(
     events = ride_events(frame.trips, settings.progress_interval_s, seed=settings.seed)
     producer = make_producer(client_config)
     with Progress(
-        TextColumn("[bold]publishing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
+        TextColumn("[bold]publishing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task("events", total=expected)
         summary = publish_rides(
-            producer, settings.topic, events,
+            producer,
+            settings.topic,
+            events,
             delay_before=None if settings.pacing_mode == "max" else pacer.delay_before,
             on_progress=lambda n: progress.advance(task, n),
             should_stop=should_stop,
@@ -72,16 +79,22 @@ def produce(
 
 
 def summary_json(report: ProduceReport) -> str:
-    return json.dumps({
-        "source": report.source,
-        "published": dict(report.summary.published),
-        "published_total": report.summary.total,
-        "skipped": dict(report.skipped),
-        "imputed": dict(report.imputed),
-        "failed": report.summary.failed,
-        "elapsed_s": round(report.summary.elapsed_s, 3),
-        "events_per_s": round(report.summary.events_per_s, 1),
-    }, indent=2) + "\n"
+    return (
+        json.dumps(
+            {
+                "source": report.source,
+                "published": dict(report.summary.published),
+                "published_total": report.summary.total,
+                "skipped": dict(report.skipped),
+                "imputed": dict(report.imputed),
+                "failed": report.summary.failed,
+                "elapsed_s": round(report.summary.elapsed_s, 3),
+                "events_per_s": round(report.summary.events_per_s, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def summary_table(report: ProduceReport, topic: str) -> Table:

@@ -17,12 +17,18 @@ class ProducerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PRODUCER_", frozen=True, extra="ignore")
 
     data: list[Path] = Field(default_factory=list, description="TLC trip files; empty: synthetic rides")
-    rides: int | None = Field(default=None, ge=1, description="at most this many rides (synthetic default 2000)")
+    rides: int | None = Field(
+        default=None, ge=1, description="at most this many rides (synthetic default 2000)"
+    )
     rate: float | None = Field(default=None, gt=0, description="fixed events/s; None: as fast as possible")
-    speedup: float | None = Field(default=None, gt=0, description="event-time replay, this many times real time")
+    speedup: float | None = Field(
+        default=None, gt=0, description="event-time replay, this many times real time"
+    )
     topic: str = RIDE_EVENTS_TOPIC
     partitions: int = Field(default=6, ge=1, le=1000, description="partitions when the topic is created")
-    replication_factor: int = Field(default=-1, ge=-1, description="when the topic is created; -1: the cluster default")
+    replication_factor: int = Field(
+        default=-1, ge=-1, description="when the topic is created; -1: the cluster default"
+    )
     progress_interval_s: float = Field(default=60.0, gt=0, description="ride time between progress events")
     seed: int = 42
 

@@ -40,8 +40,13 @@ def ride_seconds(trips: pd.DataFrame) -> np.ndarray:
 def count_events(trips: pd.DataFrame, interval_s: float) -> Counter[str]:
     """How many events of each type `ride_events` yields for these trips (for progress bars and tests)."""
     rides = len(trips)
-    return Counter({"ride_started": rides, "ride_progress": int(progress_counts(trips, interval_s).sum()),
-                    "ride_completed": rides})
+    return Counter(
+        {
+            "ride_started": rides,
+            "ride_progress": int(progress_counts(trips, interval_s).sum()),
+            "ride_completed": rides,
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,9 @@ def build_timeline(trips: pd.DataFrame, interval_s: float) -> Timeline:
     block_start = np.repeat(np.cumsum(counts) - counts, counts)
     progress_sequence = np.arange(progress_trip.size) - block_start + 1
     trip = np.concatenate([rides, progress_trip, rides])
-    kind = np.concatenate([np.full(rides.size, STARTED), np.full(progress_trip.size, PROGRESS), np.full(rides.size, COMPLETED)])
+    kind = np.concatenate(
+        [np.full(rides.size, STARTED), np.full(progress_trip.size, PROGRESS), np.full(rides.size, COMPLETED)]
+    )
     sequence = np.concatenate([np.zeros(rides.size, np.int64), progress_sequence, counts + 1])
     offset_s = np.concatenate([np.zeros(rides.size), progress_sequence * interval_s, ride_seconds(trips)])
     pickup_ns = trips["pickup_time"].dt.as_unit("ns").astype("int64").to_numpy()
@@ -78,8 +85,9 @@ def ride_events(trips: pd.DataFrame, interval_s: float = 60.0, seed: int = 42) -
     rows = trip_rows(trips)
     rng = np.random.default_rng(seed)
     paths: dict[int, np.ndarray] = {}
-    for index, kind, sequence, offset in zip(timeline.trip.tolist(), timeline.kind.tolist(),
-                                             timeline.sequence.tolist(), timeline.offset_s.tolist()):
+    for index, kind, sequence, offset in zip(
+        timeline.trip.tolist(), timeline.kind.tolist(), timeline.sequence.tolist(), timeline.offset_s.tolist()
+    ):
         row = rows[index]
         if kind == STARTED:
             paths[index] = ride_path(row, interval_s, rng)
@@ -102,7 +110,9 @@ def trip_rows(trips: pd.DataFrame) -> list[dict[str, object]]:
 def ride_path(row: dict[str, object], interval_s: float, rng: np.random.Generator) -> np.ndarray:
     """Miles covered at each progress event of one ride."""
     seconds = (row["dropoff_time"] - row["pickup_time"]).total_seconds()  # type: ignore[operator]
-    return covered_distance(progress_times(seconds, interval_s), seconds, float(row["trip_distance_miles"]), rng)  # type: ignore[arg-type]
+    return covered_distance(
+        progress_times(seconds, interval_s), seconds, float(row["trip_distance_miles"]), rng
+    )  # type: ignore[arg-type]
 
 
 def event_id(row: dict[str, object], sequence: int) -> str:
@@ -111,29 +121,52 @@ def event_id(row: dict[str, object], sequence: int) -> str:
 
 def started_event(row: dict[str, object]) -> RideStarted:
     return RideStarted(
-        event_id=event_id(row, 0), ride_id=row["ride_id"], event_time=row["pickup_time"], pickup_time=row["pickup_time"],
-        pickup_zone=row["pickup_zone"], dropoff_zone=row["dropoff_zone"], trip_distance_miles=row["trip_distance_miles"],
-        passenger_count=row["passenger_count"], payment_type=row["payment_type"], vendor_id=row["vendor_id"],
-        rate_code=row["rate_code"], trip_type=row["trip_type"],
+        event_id=event_id(row, 0),
+        ride_id=row["ride_id"],
+        event_time=row["pickup_time"],
+        pickup_time=row["pickup_time"],
+        pickup_zone=row["pickup_zone"],
+        dropoff_zone=row["dropoff_zone"],
+        trip_distance_miles=row["trip_distance_miles"],
+        passenger_count=row["passenger_count"],
+        payment_type=row["payment_type"],
+        vendor_id=row["vendor_id"],
+        rate_code=row["rate_code"],
+        trip_type=row["trip_type"],
     )
 
 
-def progress_event(row: dict[str, object], sequence: int, elapsed_s: float, covered_miles: float) -> RideProgress:
+def progress_event(
+    row: dict[str, object], sequence: int, elapsed_s: float, covered_miles: float
+) -> RideProgress:
     return RideProgress(
-        event_id=event_id(row, sequence), ride_id=row["ride_id"],
+        event_id=event_id(row, sequence),
+        ride_id=row["ride_id"],
         event_time=row["pickup_time"] + timedelta(seconds=elapsed_s),  # type: ignore[operator]
-        pickup_time=row["pickup_time"], pickup_zone=row["pickup_zone"], dropoff_zone=row["dropoff_zone"],
-        trip_distance_miles=row["trip_distance_miles"], elapsed_seconds=elapsed_s, distance_covered_miles=covered_miles,
+        pickup_time=row["pickup_time"],
+        pickup_zone=row["pickup_zone"],
+        dropoff_zone=row["dropoff_zone"],
+        trip_distance_miles=row["trip_distance_miles"],
+        elapsed_seconds=elapsed_s,
+        distance_covered_miles=covered_miles,
     )
 
 
 def completed_event(row: dict[str, object], sequence: int) -> RideCompleted:
     minutes = (row["dropoff_time"] - row["pickup_time"]).total_seconds() / 60  # type: ignore[operator]
     return RideCompleted(
-        event_id=event_id(row, sequence), ride_id=row["ride_id"], event_time=row["dropoff_time"],
-        pickup_time=row["pickup_time"], dropoff_time=row["dropoff_time"], pickup_zone=row["pickup_zone"],
-        dropoff_zone=row["dropoff_zone"], duration_minutes=minutes, trip_distance_miles=row["trip_distance_miles"],
-        payment_type=row["payment_type"], fare_amount_usd=row["fare_amount_usd"], tip_amount_usd=row["tip_amount_usd"],
+        event_id=event_id(row, sequence),
+        ride_id=row["ride_id"],
+        event_time=row["dropoff_time"],
+        pickup_time=row["pickup_time"],
+        dropoff_time=row["dropoff_time"],
+        pickup_zone=row["pickup_zone"],
+        dropoff_zone=row["dropoff_zone"],
+        duration_minutes=minutes,
+        trip_distance_miles=row["trip_distance_miles"],
+        payment_type=row["payment_type"],
+        fare_amount_usd=row["fare_amount_usd"],
+        tip_amount_usd=row["tip_amount_usd"],
         total_amount_usd=row["total_amount_usd"],
     )
 

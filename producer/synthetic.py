@@ -75,24 +75,35 @@ def draw_pickup_times(rng: np.random.Generator, size: int, calibration: dict[str
     return localized.dt.tz_convert("UTC")
 
 
-def draw_zone_pairs_and_distance(rng: np.random.Generator, size: int, calibration: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_zone_pairs_and_distance(
+    rng: np.random.Generator, size: int, calibration: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pickup zone, dropoff zone, miles): frequent pairs as observed, the tail from the zone marginals."""
     pairs = np.array(calibration["pairs"], dtype=float)
     from_top = rng.random(size) < calibration["top_pair_share"]
     chosen = rng.choice(len(pairs), size=size, p=pairs[:, 2] / pairs[:, 2].sum())
-    pickup = np.where(from_top, pairs[chosen, 0], draw_codes(rng, calibration["pickup_zone_shares"], size)).astype(np.int64)
-    dropoff = np.where(from_top, pairs[chosen, 1], draw_codes(rng, calibration["dropoff_zone_shares"], size)).astype(np.int64)
+    pickup = np.where(
+        from_top, pairs[chosen, 0], draw_codes(rng, calibration["pickup_zone_shares"], size)
+    ).astype(np.int64)
+    dropoff = np.where(
+        from_top, pairs[chosen, 1], draw_codes(rng, calibration["dropoff_zone_shares"], size)
+    ).astype(np.int64)
     mu = np.where(from_top, pairs[chosen, 3], calibration["global_log_distance_mu"])
     sigma = np.where(from_top, pairs[chosen, 4], calibration["global_log_distance_sigma"])
     miles = np.clip(np.exp(rng.normal(mu, sigma)), MIN_MILES, MAX_MILES)
     return pickup, dropoff, np.round(miles, 2)
 
 
-def draw_minutes(rng: np.random.Generator, miles: np.ndarray, local_hour: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+def draw_minutes(
+    rng: np.random.Generator, miles: np.ndarray, local_hour: np.ndarray, calibration: dict[str, Any]
+) -> np.ndarray:
     """Ride minutes from a speed that depends on the hour (traffic) and the distance (faster roads)."""
     speed = calibration["speed"]
-    log_mph = (np.array(speed["hour_log_mph"])[local_hour] + speed["log_distance_elasticity"] * np.log(miles)
-               + rng.normal(0.0, speed["residual_sigma"], miles.size))
+    log_mph = (
+        np.array(speed["hour_log_mph"])[local_hour]
+        + speed["log_distance_elasticity"] * np.log(miles)
+        + rng.normal(0.0, speed["residual_sigma"], miles.size)
+    )
     mph = np.clip(np.exp(log_mph), MIN_MPH, MAX_MPH)
     return np.clip(miles / mph * 60.0, MIN_MINUTES, MAX_MINUTES)
 
@@ -103,8 +114,11 @@ def metered_fare(miles: np.ndarray, minutes: np.ndarray, rate_code: np.ndarray, 
     `factor` is calibrated on real metered rides (see producer/calibrate.py)."""
     mph = miles / (minutes / 60.0)
     slow_share = np.clip(1.0 - mph / METER_SPEED_THRESHOLD_MPH, 0.0, 0.9)
-    fare = (FARE_INITIAL_USD + FARE_PER_MILE_USD * miles * (1.0 - slow_share)
-            + FARE_PER_SLOW_MINUTE_USD * minutes * slow_share) * factor
+    fare = (
+        FARE_INITIAL_USD
+        + FARE_PER_MILE_USD * miles * (1.0 - slow_share)
+        + FARE_PER_SLOW_MINUTE_USD * minutes * slow_share
+    ) * factor
     fare = np.where(rate_code == 2, JFK_FLAT_FARE_USD, fare)
     return np.round(fare * 2) / 2  # the meter clicks in 50-cent steps
 
@@ -112,11 +126,17 @@ def metered_fare(miles: np.ndarray, minutes: np.ndarray, rate_code: np.ndarray, 
 def surcharges(local_hour: np.ndarray, weekday: np.ndarray) -> np.ndarray:
     overnight = (local_hour >= 20) | (local_hour < 6)
     peak = (weekday < 5) & (local_hour >= 16) & (local_hour < 20)
-    return (MTA_TAX_USD + IMPROVEMENT_SURCHARGE_USD + np.where(overnight, OVERNIGHT_SURCHARGE_USD, 0.0)
-            + np.where(peak, PEAK_SURCHARGE_USD, 0.0))
+    return (
+        MTA_TAX_USD
+        + IMPROVEMENT_SURCHARGE_USD
+        + np.where(overnight, OVERNIGHT_SURCHARGE_USD, 0.0)
+        + np.where(peak, PEAK_SURCHARGE_USD, 0.0)
+    )
 
 
-def draw_tips(rng: np.random.Generator, fare: np.ndarray, payment_type: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+def draw_tips(
+    rng: np.random.Generator, fare: np.ndarray, payment_type: np.ndarray, calibration: dict[str, Any]
+) -> np.ndarray:
     """Card riders tip a share of the fare drawn from the real distribution; cash tips are not recorded."""
     quantiles = np.array(calibration["card_tip_share_quantiles"])
     share = np.interp(rng.random(fare.size), np.linspace(0.0, 1.0, quantiles.size), quantiles)
@@ -138,21 +158,23 @@ def synthesize_trips(rides: int, seed: int = 42, calibration: dict[str, Any] | N
     tip = draw_tips(rng, fare, payment_type, calibration)
     tolls = np.where(rng.random(rides) < calibration["toll_share"], TYPICAL_TOLL_USD, 0.0)
     total = np.round(fare + surcharges(local_hour, weekday) + tip + tolls, 2)
-    trips = pd.DataFrame({
-        "ride_id": [f"syn{seed}-{index:07d}" for index in range(rides)],
-        "pickup_time": pickup_time,
-        "dropoff_time": pickup_time + pd.to_timedelta(np.round(minutes * 60), unit="s"),
-        "pickup_zone": pickup_zone,
-        "dropoff_zone": dropoff_zone,
-        "trip_distance_miles": miles,
-        "passenger_count": draw_codes(rng, calibration["passenger_count_shares"], rides),
-        "payment_type": payment_type,
-        "vendor_id": draw_codes(rng, calibration["vendor_id_shares"], rides),
-        "rate_code": rate_code,
-        "trip_type": draw_codes(rng, calibration["trip_type_shares"], rides),
-        "fare_amount_usd": fare,
-        "tip_amount_usd": tip,
-        "total_amount_usd": total,
-    })
+    trips = pd.DataFrame(
+        {
+            "ride_id": [f"syn{seed}-{index:07d}" for index in range(rides)],
+            "pickup_time": pickup_time,
+            "dropoff_time": pickup_time + pd.to_timedelta(np.round(minutes * 60), unit="s"),
+            "pickup_zone": pickup_zone,
+            "dropoff_zone": dropoff_zone,
+            "trip_distance_miles": miles,
+            "passenger_count": draw_codes(rng, calibration["passenger_count_shares"], rides),
+            "payment_type": payment_type,
+            "vendor_id": draw_codes(rng, calibration["vendor_id_shares"], rides),
+            "rate_code": rate_code,
+            "trip_type": draw_codes(rng, calibration["trip_type_shares"], rides),
+            "fare_amount_usd": fare,
+            "tip_amount_usd": tip,
+            "total_amount_usd": total,
+        }
+    )
     trips = trips.sort_values("pickup_time", kind="stable").reset_index(drop=True)
     return TripFrame(trips=trips.loc[:, list(TRIP_COLUMNS)], skipped=Counter(), imputed=Counter())

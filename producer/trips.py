@@ -147,7 +147,9 @@ def zone_ids_by_name(lookup_csv: Path) -> dict[str, int]:
         )
     zones = pd.read_csv(lookup_csv)
     # A few names repeat across boroughs; the first id is as good as any for a zone-level model.
-    return {str(name): int(zone_id) for zone_id, name in zip(zones["LocationID"], zones["Zone"]) if pd.notna(name)}
+    return {
+        str(name): int(zone_id) for zone_id, name in zip(zones["LocationID"], zones["Zone"]) if pd.notna(name)
+    }
 
 
 def canonical_columns(raw: pd.DataFrame, layout: Layout, path: Path) -> pd.DataFrame:
@@ -190,7 +192,11 @@ def skip_reasons(frame: pd.DataFrame) -> pd.Series:
         ("absurd_distance", distance.isna() | (distance <= 0) | (distance > MAX_TRIP_MILES)),
         ("absurd_speed", mph > MAX_AVERAGE_MPH),
         ("negative_or_missing_amount", amounts.isna().any(axis=1) | (amounts < 0).any(axis=1)),
-        ("unknown_code", ~frame["rate_code"].isin([1, 2, 3, 4, 5, 6, np.nan]) | ~frame["vendor_id"].isin([1, 2, 3, 4, 5, 6, np.nan])),
+        (
+            "unknown_code",
+            ~frame["rate_code"].isin([1, 2, 3, 4, 5, 6, np.nan])
+            | ~frame["vendor_id"].isin([1, 2, 3, 4, 5, 6, np.nan]),
+        ),
     ]
     reasons = pd.Series("", index=frame.index, dtype=object)
     for reason, bad in reversed(checks):  # reversed so the first listed reason wins
@@ -224,7 +230,9 @@ def read_trips(path: Path | str) -> TripFrame:
     frame, imputed = impute_codes(frame)
     frame["pickup_zone"] = frame["pickup_zone"].astype("int64")
     frame["dropoff_zone"] = frame["dropoff_zone"].astype("int64")
-    return TripFrame(trips=frame.loc[:, list(TRIP_COLUMNS)].reset_index(drop=True), skipped=skipped, imputed=imputed)
+    return TripFrame(
+        trips=frame.loc[:, list(TRIP_COLUMNS)].reset_index(drop=True), skipped=skipped, imputed=imputed
+    )
 
 
 def read_many(paths: list[Path]) -> TripFrame:

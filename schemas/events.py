@@ -22,7 +22,8 @@ PaymentType = Annotated[
     int, Field(ge=1, le=6, description="1 card, 2 cash, 3 no charge, 4 dispute, 5 unknown, 6 voided")
 ]
 RateCode = Annotated[
-    int, Field(ge=1, le=6, description="1 standard, 2 JFK, 3 Newark, 4 Nassau/Westchester, 5 negotiated, 6 group")
+    int,
+    Field(ge=1, le=6, description="1 standard, 2 JFK, 3 Newark, 4 Nassau/Westchester, 5 negotiated, 6 group"),
 ]
 TripType = Annotated[int, Field(ge=1, le=2, description="1 street hail, 2 dispatch")]
 VendorId = Annotated[int, Field(ge=1, le=6, description="TLC LPEP/TPEP provider id")]

@@ -25,7 +25,9 @@ class DurationPrediction(_Prediction):
 
     prediction_type: Literal["duration"] = "duration"
     predicted_duration_minutes: float = Field(ge=0, allow_inf_nan=False, description="total trip time")
-    predicted_remaining_minutes: float = Field(ge=0, allow_inf_nan=False, description="time left from event_time")
+    predicted_remaining_minutes: float = Field(
+        ge=0, allow_inf_nan=False, description="time left from event_time"
+    )
     elapsed_seconds: float = Field(ge=0, allow_inf_nan=False, description="0 at ride start")
 
 

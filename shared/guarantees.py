@@ -39,10 +39,14 @@ ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 # the batch is treated as failed and rewound.
 COMMIT_RETRIES = 5
 # Commit errors meaning the group moved this instance's partitions away during the batch.
-LOST_OWNERSHIP = frozenset({
-    KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
-    KafkaError._ASSIGNMENT_LOST,
-})
+LOST_OWNERSHIP = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
 # Exit code when a transactional call overran its deadline (sysexits EX_SOFTWARE): restart the instance.
 EXIT_TRANSACTION_STUCK = 70
 # Grace beyond a transactional call's own timeout before the watchdog gives up on it.
@@ -62,7 +66,9 @@ def exit_stuck(what: str, seconds: float) -> None:
 
 
 @contextmanager
-def watchdog(what: str, seconds: float, on_overrun: Callable[[str, float], None] = exit_stuck) -> Iterator[None]:
+def watchdog(
+    what: str, seconds: float, on_overrun: Callable[[str, float], None] = exit_stuck
+) -> Iterator[None]:
     """librdkafka can block in send_offsets_to_transaction past its timeout when the group coordinator's
     broker was replaced (confluentinc/librdkafka#5456, #5511, open); a timer turns that hang into an exit."""
     timer = threading.Timer(seconds, on_overrun, (what, seconds))
@@ -125,7 +131,10 @@ class Pending:
             self.since = self.clock()
 
     def add(
-        self, ranges: Sequence[OffsetRange], ledger: DeliveryLedger, records: int,
+        self,
+        ranges: Sequence[OffsetRange],
+        ledger: DeliveryLedger,
+        records: int,
         on_commit: Callable[[], None] | None = None,
     ) -> None:
         self.open()
@@ -158,8 +167,11 @@ class Pending:
     def keep(self, positions: Sequence[TopicPartition], assigned: Sequence[TopicPartition]) -> None:
         """Carry `positions` of the partitions still `assigned` into the next commit."""
         owned = {(tp.topic, tp.partition) for tp in assigned}
-        kept = [OffsetRange(tp.topic, tp.partition, tp.offset, tp.offset) for tp in positions
-                if (tp.topic, tp.partition) in owned]
+        kept = [
+            OffsetRange(tp.topic, tp.partition, tp.offset, tp.offset)
+            for tp in positions
+            if (tp.topic, tp.partition) in owned
+        ]
         if kept:
             self.add(kept, DeliveryLedger(), 0)
 
@@ -208,7 +220,10 @@ class IntervalCommitter:
         """Called before a batch is produced; nothing to open unless the guarantee needs it."""
 
     def complete(
-        self, ranges: Sequence[OffsetRange], ledger: DeliveryLedger, records: int,
+        self,
+        ranges: Sequence[OffsetRange],
+        ledger: DeliveryLedger,
+        records: int,
         on_commit: Callable[[], None] | None = None,
     ) -> bool:
         """Remember the batch; commit when due. True when this call committed. `on_commit` runs once the

@@ -56,8 +56,12 @@ QUEUE_FULL_BACKOFF_S = 0.05
 
 
 def produce_with_backoff(
-    producer: MessageProducer, topic: str, key: bytes | None, value: bytes | None,
-    on_delivery: DeliveryCallback | None = None, headers: Headers | None = None,
+    producer: MessageProducer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    on_delivery: DeliveryCallback | None = None,
+    headers: Headers | None = None,
 ) -> None:
     """Produce one record; a full local queue is drained (delivery reports served), never raised."""
     while True:
@@ -125,7 +129,14 @@ def ensure_topic(
     if topic in admin.list_topics(timeout=timeout_s).topics:
         return False
     futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor, config=dict(config or {}))],
+        [
+            NewTopic(
+                topic,
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                config=dict(config or {}),
+            )
+        ],
         operation_timeout=timeout_s,
     )
     try:
@@ -153,7 +164,9 @@ def make_producer(client_config: Mapping[str, str], overrides: Mapping[str, Any]
     return Producer(config)
 
 
-def make_consumer(client_config: Mapping[str, str], group_id: str, overrides: Mapping[str, Any] | None = None) -> Consumer:
+def make_consumer(
+    client_config: Mapping[str, str], group_id: str, overrides: Mapping[str, Any] | None = None
+) -> Consumer:
     """A consumer that never auto-commits: the runner commits only what it has delivered."""
     config: dict[str, Any] = {
         **client_config,
@@ -187,10 +200,17 @@ def records_of(messages: Sequence[Message]) -> list[InputRecord]:
                 raise KafkaException(error)
             log.warning("consumer error (will retry): %s", error)
             continue
-        records.append(InputRecord(
-            message.topic() or "", message.partition() or 0, message.offset() or 0, message.key(),
-            message.value(), message.headers(), message.timestamp()[1],
-        ))
+        records.append(
+            InputRecord(
+                message.topic() or "",
+                message.partition() or 0,
+                message.offset() or 0,
+                message.key(),
+                message.value(),
+                message.headers(),
+                message.timestamp()[1],
+            )
+        )
     return records
 
 
@@ -203,7 +223,9 @@ class KafkaRecordConsumer:
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[InputRecord]:
         return records_of(self.client.consume(num_messages, timeout))
 
-    def subscribe(self, topics: list[str], on_assign: Callable[..., None], on_revoke: Callable[..., None]) -> None:
+    def subscribe(
+        self, topics: list[str], on_assign: Callable[..., None], on_revoke: Callable[..., None]
+    ) -> None:
         self.client.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool = False) -> Any:
@@ -218,8 +240,11 @@ class KafkaRecordConsumer:
     def get_watermark_offsets(
         self, partition: TopicPartition, timeout: float | None = None, cached: bool = False
     ) -> tuple[int, int] | None:
-        marks = self.client.get_watermark_offsets(partition, timeout, cached) if timeout is not None else (
-            self.client.get_watermark_offsets(partition, cached=cached))
+        marks = (
+            self.client.get_watermark_offsets(partition, timeout, cached)
+            if timeout is not None
+            else (self.client.get_watermark_offsets(partition, cached=cached))
+        )
         return None if marks is None else (int(marks[0]), int(marks[1]))
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:

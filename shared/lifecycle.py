@@ -36,7 +36,9 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 def configure_logging() -> None:
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s",
     )
 
 
@@ -52,6 +54,8 @@ def run_guarded(command: Callable[[], T]) -> T:
         print(f"ridestream: error: {error}", file=sys.stderr)
         sys.exit(1)
     except ValidationError as error:
-        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+        details = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
+        )
         print(f"ridestream: invalid settings: {details}", file=sys.stderr)
         sys.exit(2)

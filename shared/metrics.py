@@ -30,14 +30,53 @@ class ServiceMetrics:
     def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.events_in = Counter("ridestream_events_in", "Input records consumed", ["service", "event_type"], registry=r)
-        self.predictions_out = Counter("ridestream_predictions_out", "Predictions produced and made durable (counted when the commit covering them succeeds, so an aborted and replayed exactly-once transaction counts once)", ["service"], registry=r)
-        self.ignored = Counter("ridestream_events_ignored", "Valid events this service does not score", ["service", "event_type"], registry=r)
-        self.dead_lettered = Counter("ridestream_dead_lettered", "Records sent to the dead-letter topic (counted on commit, like predictions)", ["service", "reason"], registry=r)
-        self.batch_size = Histogram("ridestream_batch_size", "Records per micro-batch", ["service"], buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("ridestream_batch_processing_seconds", "Decode→score→produce time per batch (plus the flush and commit when one falls due)", ["service"], registry=r)
-        self.latency = Histogram("ridestream_event_to_prediction_seconds", "Input record timestamp to prediction produced", ["service"], buckets=LATENCY_BUCKETS, registry=r)
-        self.lag = Gauge("ridestream_consumer_lag", "Records behind the partition end", ["service", "topic", "partition"], registry=r)
+        self.events_in = Counter(
+            "ridestream_events_in", "Input records consumed", ["service", "event_type"], registry=r
+        )
+        self.predictions_out = Counter(
+            "ridestream_predictions_out",
+            "Predictions produced and made durable (counted when the commit covering them succeeds, so an aborted and replayed exactly-once transaction counts once)",
+            ["service"],
+            registry=r,
+        )
+        self.ignored = Counter(
+            "ridestream_events_ignored",
+            "Valid events this service does not score",
+            ["service", "event_type"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "ridestream_dead_lettered",
+            "Records sent to the dead-letter topic (counted on commit, like predictions)",
+            ["service", "reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "ridestream_batch_size",
+            "Records per micro-batch",
+            ["service"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "ridestream_batch_processing_seconds",
+            "Decode→score→produce time per batch (plus the flush and commit when one falls due)",
+            ["service"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "ridestream_event_to_prediction_seconds",
+            "Input record timestamp to prediction produced",
+            ["service"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "ridestream_consumer_lag",
+            "Records behind the partition end",
+            ["service", "topic", "partition"],
+            registry=r,
+        )
         self.model = Info("ridestream_model", "Model this service scores with", ["service"], registry=r)
         self.service = service
         self.last_loop = time.monotonic()
@@ -80,8 +119,12 @@ def serve_metrics(metrics: ServiceMetrics, port: int, host: str = "127.0.0.1") -
     """Serve /metrics, /healthz (the loop is turning) and /readyz (partitions assigned, broker reachable)."""
     routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
         "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
-        "/healthz": lambda: (200, b"ok\n", "text/plain") if metrics.healthy() else (503, b"stalled\n", "text/plain"),
-        "/readyz": lambda: (200, b"ready\n", "text/plain") if metrics.ready else (503, b"not ready\n", "text/plain"),
+        "/healthz": lambda: (
+            (200, b"ok\n", "text/plain") if metrics.healthy() else (503, b"stalled\n", "text/plain")
+        ),
+        "/readyz": lambda: (
+            (200, b"ready\n", "text/plain") if metrics.ready else (503, b"not ready\n", "text/plain")
+        ),
     }
 
     class Handler(BaseHTTPRequestHandler):
@@ -94,7 +137,9 @@ def serve_metrics(metrics: ServiceMetrics, port: int, host: str = "127.0.0.1") -
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # scrapes every few seconds: keep logs clean
+        def log_message(
+            self, format: str, *args: object
+        ) -> None:  # scrapes every few seconds: keep logs clean
             return
 
     server = ThreadingHTTPServer((host, port), Handler)

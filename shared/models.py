@@ -81,7 +81,9 @@ def metadata_path(models_dir: Path, name: str) -> Path:
 
 def artifacts_present(models_dir: Path, names: Iterable[str] = MODEL_NAMES) -> bool:
     """Both files of every named artifact exist (presence only: loading does the real checks)."""
-    return all(artifact_path(models_dir, n).is_file() and metadata_path(models_dir, n).is_file() for n in names)
+    return all(
+        artifact_path(models_dir, n).is_file() and metadata_path(models_dir, n).is_file() for n in names
+    )
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> dict[str, Any]:
@@ -96,7 +98,9 @@ def fingerprint_frame(frame: pd.DataFrame) -> dict[str, Any]:
 
 def model_version(training_data: dict[str, Any], params: dict[str, Any], trained_at: str) -> str:
     """Short, stable id of one fit: the same data, parameters and time always give the same version."""
-    payload = json.dumps({"data": training_data.get("sha256"), "params": params, "at": trained_at}, sort_keys=True)
+    payload = json.dumps(
+        {"data": training_data.get("sha256"), "params": params, "at": trained_at}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:VERSION_LENGTH]
 
 
@@ -109,7 +113,7 @@ def file_sha256(path: Path) -> str:
 
 
 def sklearn_minor(version: str) -> str:
-    """"1.9.1" → "1.9": pickles are only promised to load within a scikit-learn minor release."""
+    """ "1.9.1" → "1.9": pickles are only promised to load within a scikit-learn minor release."""
     return ".".join(version.split(".")[:2])
 
 
@@ -172,7 +176,9 @@ def read_metadata(models_dir: Path, name: str) -> ArtifactMetadata:
         raise ModelArtifactError(f"model metadata {path} is unreadable ({exc}); {hint}") from exc
 
 
-def check_compatible(metadata: ArtifactMetadata, path: Path, expected_features: Sequence[str], hint: str) -> None:
+def check_compatible(
+    metadata: ArtifactMetadata, path: Path, expected_features: Sequence[str], hint: str
+) -> None:
     if sklearn_minor(metadata.sklearn_version) != sklearn_minor(sklearn.__version__):
         raise ModelArtifactError(
             f"model {path} is incompatible: fit with scikit-learn {metadata.sklearn_version}, this is "
@@ -192,7 +198,9 @@ def load_model(models_dir: Path, name: str, expected_features: Sequence[str]) ->
     metadata = read_metadata(models_dir, name)
     path = artifact_path(models_dir, name)
     if not path.is_file():
-        raise ModelArtifactError(f"model {name!r} is missing: {path} not found (its metadata is there); {hint}")
+        raise ModelArtifactError(
+            f"model {name!r} is missing: {path} not found (its metadata is there); {hint}"
+        )
     actual = file_sha256(path)
     if actual != metadata.artifact_sha256:
         raise ModelArtifactError(
@@ -205,5 +213,7 @@ def load_model(models_dir: Path, name: str, expected_features: Sequence[str]) ->
     except Exception as exc:  # unpickling raises anything from EOFError to ModuleNotFoundError
         raise ModelArtifactError(f"model {path} is corrupt: it does not unpickle ({exc!r}); {hint}") from exc
     if not callable(getattr(model, "predict", None)):
-        raise ModelArtifactError(f"model {path} is corrupt: it holds a {type(model).__name__}, not a model; {hint}")
+        raise ModelArtifactError(
+            f"model {path} is corrupt: it holds a {type(model).__name__}, not a model; {hint}"
+        )
     return LoadedModel(model=model, metadata=metadata)

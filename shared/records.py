@@ -42,4 +42,6 @@ def offset_ranges(records: Sequence[InputRecord]) -> list[OffsetRange]:
         key = (record.topic, record.partition)
         first, last = spans.get(key, (record.offset, record.offset))
         spans[key] = (min(first, record.offset), max(last, record.offset))
-    return [OffsetRange(topic, partition, first, last + 1) for (topic, partition), (first, last) in spans.items()]
+    return [
+        OffsetRange(topic, partition, first, last + 1) for (topic, partition), (first, last) in spans.items()
+    ]

@@ -172,12 +172,17 @@ def score_batch(
     return ScoredBatch(plan, result.predictions, plan.dead_letters(service))
 
 
-def record_batch(metrics: ServiceMetrics, stats: RunStats, batch: ScoredBatch, consumed: int, seconds: float) -> None:
+def record_batch(
+    metrics: ServiceMetrics, stats: RunStats, batch: ScoredBatch, consumed: int, seconds: float
+) -> None:
     """Metrics and run counters of one processed batch (what it produced is counted on commit:
     `count_outputs`)."""
     now_ms = time.time() * 1000
-    latencies = [max(0.0, (now_ms - d.record.timestamp_ms) / 1000) for d in batch.plan.to_score
-                 if d.record.timestamp_ms > 0]
+    latencies = [
+        max(0.0, (now_ms - d.record.timestamp_ms) / 1000)
+        for d in batch.plan.to_score
+        if d.record.timestamp_ms > 0
+    ]
     # One counter update per kind and batch: a labelled counter costs microseconds per call.
     for event_type, count in batch.plan.event_types().items():
         metrics.on_event(event_type, count)
@@ -282,12 +287,14 @@ class ServiceRunner:
         """
         started = time.monotonic()
         self.committer.begin()
-        batch = score_batch(records, self.scorer, self.config.service, self.config.max_payload_bytes,
-                            datetime.now(UTC))
+        batch = score_batch(
+            records, self.scorer, self.config.service, self.config.max_payload_bytes, datetime.now(UTC)
+        )
         ledger = DeliveryLedger()
         self.produce_outputs(batch, ledger)
-        self.committer.complete(offset_ranges(records), ledger, len(records),
-                                on_commit=lambda: count_outputs(self.metrics, batch))
+        self.committer.complete(
+            offset_ranges(records), ledger, len(records), on_commit=lambda: count_outputs(self.metrics, batch)
+        )
         record_batch(self.metrics, self.stats, batch, len(records), time.monotonic() - started)
 
     def produce_outputs(self, batch: ScoredBatch, ledger: DeliveryLedger) -> None:
@@ -297,7 +304,12 @@ class ServiceRunner:
             self.produce(self.config.dlq_topic, letter.key, letter.value, letter.headers, ledger)
 
     def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None, ledger: DeliveryLedger
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None,
+        ledger: DeliveryLedger,
     ) -> None:
         ledger.expect()
         produce_with_backoff(self.producer, topic, key, value, ledger.on_delivery, headers)

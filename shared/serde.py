@@ -60,5 +60,9 @@ def decode_event(payload: bytes | None) -> RideEventModel | Rejected:
         return RIDE_EVENT.validate_json(payload)
     except ValidationError as error:
         return Rejected(classify(error), short_detail(error))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # defensive: pydantic wraps most of these
+    except (
+        UnicodeDecodeError,
+        ValueError,
+        RecursionError,
+    ) as error:  # defensive: pydantic wraps most of these
         return Rejected("undecodable", f"{type(error).__name__}: {error}"[:500])

@@ -62,12 +62,18 @@ class ServiceSettings(BaseSettings):
     # How long a consume waits to fill a batch: under load batches fill at once, so this only bounds the
     # latency added at low rates (the p99 target is 50 ms; 20 ms gave 62 ms at 5,000 events/s).
     batch_timeout_s: float = Field(default=DEFAULT_BATCH_TIMEOUT_S, gt=0, le=60)
-    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="None: no HTTP endpoint; 0: any free port")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="None: no HTTP endpoint; 0: any free port"
+    )
     metrics_host: str = "127.0.0.1"
-    group_instance_id: str | None = Field(default=None, description="static membership: a stable id per instance")
+    group_instance_id: str | None = Field(
+        default=None, description="static membership: a stable id per instance"
+    )
     broker_loss_timeout_s: float = Field(default=DEFAULT_BROKER_LOSS_TIMEOUT_S, gt=0)
     session_timeout_s: float = Field(
-        default=45.0, ge=6, le=300,
+        default=45.0,
+        ge=6,
+        le=300,
         description="a crashed instance's partitions move after this long (the broker allows 6..300 s)",
     )
     output_partitions: int = Field(default=6, ge=1)
@@ -75,14 +81,19 @@ class ServiceSettings(BaseSettings):
     idle_timeout_s: float | None = Field(default=None, gt=0)
     processing_guarantee: ProcessingGuarantee = "at_least_once"
     instance_name: str = Field(
-        default_factory=socket.gethostname, min_length=1,
+        default_factory=socket.gethostname,
+        min_length=1,
         description="stable name of this instance: the transactional.id suffix under exactly_once",
     )
-    commit_max_messages: int = Field(default=COMMIT_MAX_MESSAGES, ge=1, description="commit after this many inputs")
+    commit_max_messages: int = Field(
+        default=COMMIT_MAX_MESSAGES, ge=1, description="commit after this many inputs"
+    )
     commit_interval_s: float = Field(
-        default=COMMIT_INTERVAL_S, gt=0, le=60,
+        default=COMMIT_INTERVAL_S,
+        gt=0,
+        le=60,
         description="or after this long (at_least_once: what a crash can replay; exactly_once: how long outputs "
-                    "stay invisible to read_committed readers)",
+        "stay invisible to read_committed readers)",
     )
 
     @property
@@ -143,10 +154,23 @@ def run_service(
     producer = make_producer(client_config, producer_overrides)
     config = settings.runner_config()
     committer = (
-        ExactlyOnce(consumer, producer, settings.service, config.flush_timeout_s,
-                    settings.commit_max_messages, settings.commit_interval_s)
-        if exactly_once else AtLeastOnce(consumer, producer, settings.service, config.flush_timeout_s,
-                                         settings.commit_max_messages, settings.commit_interval_s)
+        ExactlyOnce(
+            consumer,
+            producer,
+            settings.service,
+            config.flush_timeout_s,
+            settings.commit_max_messages,
+            settings.commit_interval_s,
+        )
+        if exactly_once
+        else AtLeastOnce(
+            consumer,
+            producer,
+            settings.service,
+            config.flush_timeout_s,
+            settings.commit_max_messages,
+            settings.commit_interval_s,
+        )
     )
     metrics = ServiceMetrics(settings.service)
     if settings.metrics_port is not None:
@@ -161,6 +185,13 @@ def run_service(
         on_assign=lambda _c, parts: log.info("assigned %s", [p.partition for p in parts]),
         on_revoke=runner.on_revoke,
     )
-    log.info("%s scoring %s → %s with %s %s (%s)", settings.service, settings.input_topic, settings.output_topic,
-             scorer.model_name, scorer.model_version, settings.processing_guarantee)
+    log.info(
+        "%s scoring %s → %s with %s %s (%s)",
+        settings.service,
+        settings.input_topic,
+        settings.output_topic,
+        scorer.model_name,
+        scorer.model_version,
+        settings.processing_guarantee,
+    )
     return runner.run(stop)

@@ -105,8 +105,10 @@ def find_java() -> str:
     if java_home:
         java = Path(java_home) / "bin" / "java"
         if not os.access(java, os.X_OK):
-            raise JavaNotFoundError(f"JAVA_HOME={java_home} has no bin/java: point JAVA_HOME at a JDK 17+ or unset it "
-                                    f"({JDK_HINT})")
+            raise JavaNotFoundError(
+                f"JAVA_HOME={java_home} has no bin/java: point JAVA_HOME at a JDK 17+ or unset it "
+                f"({JDK_HINT})"
+            )
         path = str(java)
     else:
         found = shutil.which("java")
@@ -115,8 +117,10 @@ def find_java() -> str:
         path = found
     major = _java_major(path)
     if major < MIN_JAVA_MAJOR:
-        raise JavaNotFoundError(f"{path} is Java {major} but the Kafka {KAFKA_VERSION} broker needs Java "
-                                f"{MIN_JAVA_MAJOR}+: {JDK_HINT}")
+        raise JavaNotFoundError(
+            f"{path} is Java {major} but the Kafka {KAFKA_VERSION} broker needs Java "
+            f"{MIN_JAVA_MAJOR}+: {JDK_HINT}"
+        )
     return path
 
 
@@ -162,13 +166,17 @@ def ensure_kafka_jars(progress: Progress = _to_stderr) -> Path:
     find_java()  # Maven needs a JDK too; say so in our words rather than Maven's
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise BrokerError("Maven (`mvn`) is needed once to fetch the Kafka broker jars from Maven Central: "
-                          "install it, e.g. apt-get install maven")
+        raise BrokerError(
+            "Maven (`mvn`) is needed once to fetch the Kafka broker jars from Maven Central: "
+            "install it, e.g. apt-get install maven"
+        )
     home.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(home / ".lock"):
         if marker.is_file() and libs.is_dir():
             return libs  # another process fetched them while we waited for the lock
-        progress(f"fetching Apache Kafka {KAFKA_VERSION} broker jars from Maven Central into {libs} (first use only)")
+        progress(
+            f"fetching Apache Kafka {KAFKA_VERSION} broker jars from Maven Central into {libs} (first use only)"
+        )
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="fetch-", dir=home) as staging:
             jars = _maven_copy_dependencies(mvn, Path(staging), progress)
@@ -190,14 +198,29 @@ def _maven_copy_dependencies(mvn: str, staging: Path, progress: Progress) -> Pat
     pom = staging / "pom.xml"
     pom.write_text(_resource("pom.xml"))
     out = staging / "jars"
-    command = [mvn, "-B", "-Dstyle.color=never", "-f", str(pom), f"-Dkafka.version={KAFKA_VERSION}",
-               f"{DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={out}"]
+    command = [
+        mvn,
+        "-B",
+        "-Dstyle.color=never",
+        "-f",
+        str(pom),
+        f"-Dkafka.version={KAFKA_VERSION}",
+        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={out}",
+    ]
     output: deque[str] = deque(maxlen=200)
     downloaded = re.compile(r"Downloaded from \S+: \S+\.jar \(([\d.]+) ([kM]?B)")
     count, megabytes = 0, 0.0
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   stdin=subprocess.DEVNULL, cwd=staging)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            cwd=staging,
+        )
     except OSError as exc:
         raise BrokerError(f"cannot run Maven ({mvn}): {exc}") from None
     assert process.stdout is not None
@@ -210,8 +233,10 @@ def _maven_copy_dependencies(mvn: str, staging: Path, progress: Progress) -> Pat
                 if count % 10 == 0:
                     progress(f"  {count} jars downloaded, {megabytes:.0f} MB so far")
     if process.returncode != 0 or not any(out.glob("kafka_2.13-*.jar")):
-        raise BrokerError(f"fetching the Kafka {KAFKA_VERSION} jars with Maven failed (exit {process.returncode}):\n"
-                          + _maven_errors(list(output)))
+        raise BrokerError(
+            f"fetching the Kafka {KAFKA_VERSION} jars with Maven failed (exit {process.returncode}):\n"
+            + _maven_errors(list(output))
+        )
     return out
 
 
@@ -240,12 +265,16 @@ def cluster_config(nodes: int) -> dict[str, str]:
     """Settings every node of an n-node test cluster shares (also used for the Docker broker)."""
     replicas = min(nodes, 3)
     min_isr = 2 if replicas >= 3 else 1
-    failover = {} if nodes == 1 else {
-        # Fault tests: a killed node is fenced, and its partitions fail over, after 5 s instead of 9 s.
-        # Five missed 1 s heartbeats still tolerate GC pauses and a busy 2-core machine.
-        "broker.heartbeat.interval.ms": "1000",
-        "broker.session.timeout.ms": "5000",
-    }
+    failover = (
+        {}
+        if nodes == 1
+        else {
+            # Fault tests: a killed node is fenced, and its partitions fail over, after 5 s instead of 9 s.
+            # Five missed 1 s heartbeats still tolerate GC pauses and a busy 2-core machine.
+            "broker.heartbeat.interval.ms": "1000",
+            "broker.session.timeout.ms": "5000",
+        }
+    )
     return {
         **failover,
         # Topics created without an explicit factor (replication_factor=-1) get a copy on up to 3 nodes...
@@ -394,11 +423,15 @@ def _excerpt(lines: list[str], limit: int = 12) -> list[str]:
     Without an ERROR line, simply the last lines.
     """
     readable = [line for line in lines if line.strip() and not re.match(r"\s+(at |\.\.\. \d+ more)", line)]
-    first_error = next((i for i, line in enumerate(readable) if re.match(r"\[[^]]+\] (ERROR|FATAL) ", line)), None)
+    first_error = next(
+        (i for i, line in enumerate(readable) if re.match(r"\[[^]]+\] (ERROR|FATAL) ", line)), None
+    )
     if first_error is None:
         return readable[-limit:]
     # the ERROR and WARN lines and the exception messages (lines without a log prefix) that follow it
-    relevant = [line for line in readable[first_error:] if not re.match(r"\[[^]]+\] (INFO|DEBUG|TRACE) ", line)]
+    relevant = [
+        line for line in readable[first_error:] if not re.match(r"\[[^]]+\] (INFO|DEBUG|TRACE) ", line)
+    ]
     return relevant[:limit]
 
 
@@ -569,18 +602,40 @@ class LocalKafka:
     def _java_command(self, node: _Node, jvm_options: tuple[str, ...], *args: str) -> list[str]:
         if self._java is None or self._libs is None:  # a cluster adopted from a state file
             self._java, self._libs = find_java(), ensure_kafka_jars()
-        return [self._java, *jvm_options, f"-Dlog4j2.configurationFile={node.directory / 'log4j2.properties'}",
-                f"-Dkafka.logs.dir={node.directory}", "-cp", str(self._libs / "*"), *args]
+        return [
+            self._java,
+            *jvm_options,
+            f"-Dlog4j2.configurationFile={node.directory / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={node.directory}",
+            "-cp",
+            str(self._libs / "*"),
+            *args,
+        ]
 
     def _format_storage(self) -> None:
         """`kafka-storage.sh format` for every node not formatted yet, in parallel (one cluster id)."""
         cluster_id = new_cluster_id()
         pending = [n for n in self._nodes if not (n.directory / "data" / "meta.properties").is_file()]
         tools = [
-            (node, subprocess.Popen(
-                self._java_command(node, TOOL_JVM_OPTIONS, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                   "-c", str(node.directory / "server.properties")),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            (
+                node,
+                subprocess.Popen(
+                    self._java_command(
+                        node,
+                        TOOL_JVM_OPTIONS,
+                        "kafka.tools.StorageTool",
+                        "format",
+                        "-t",
+                        cluster_id,
+                        "-c",
+                        str(node.directory / "server.properties"),
+                    ),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                ),
+            )
             for node in pending
         ]
         failures = []
@@ -597,12 +652,20 @@ class LocalKafka:
 
     def _launch(self, node: _Node) -> None:
         """Start the node's JVM in its own session, output to files (never to our pipes: it may outlive us)."""
-        command = self._java_command(node, JVM_OPTIONS, "kafka.Kafka", str(node.directory / "server.properties"))
+        command = self._java_command(
+            node, JVM_OPTIONS, "kafka.Kafka", str(node.directory / "server.properties")
+        )
         if not getattr(self, "_detached", True):
             command = _die_with_parent(command)
         with node.jvm_out_path.open("ab") as out:
-            popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=node.directory, start_new_session=True)
+            popen = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=node.directory,
+                start_new_session=True,
+            )
         try:
             started_at = psutil.Process(popen.pid).create_time()
         except psutil.Error:
@@ -616,11 +679,16 @@ class LocalKafka:
         expected = sum(1 for n in self._nodes if n.alive())
         for node in nodes:
             try:
-                wait_for_cluster({"bootstrap.servers": node.address}, max(1.0, deadline - time.monotonic()),
-                                 expected_nodes=expected)
+                wait_for_cluster(
+                    {"bootstrap.servers": node.address},
+                    max(1.0, deadline - time.monotonic()),
+                    expected_nodes=expected,
+                )
             except KafkaUnavailableError as exc:
                 state = "exited" if not node.alive() else "is running but not ready"
-                raise BrokerError(f"Kafka node {node.index} {state}: {exc}\n{_failure_excerpt(node)}") from None
+                raise BrokerError(
+                    f"Kafka node {node.index} {state}: {exc}\n{_failure_excerpt(node)}"
+                ) from None
 
     def _remove_data(self) -> None:
         if self._remove_data_dir:
@@ -639,8 +707,13 @@ class LocalKafka:
             "keep_data": self.keep_data,
             "remove_data_dir": self._remove_data_dir,
             "nodes": [
-                {"index": n.index, "broker_port": n.broker_port, "controller_port": n.controller_port,
-                 "pid": n.jvm.pid if n.jvm else None, "started_at": n.jvm.started_at if n.jvm else None}
+                {
+                    "index": n.index,
+                    "broker_port": n.broker_port,
+                    "controller_port": n.controller_port,
+                    "pid": n.jvm.pid if n.jvm else None,
+                    "started_at": n.jvm.started_at if n.jvm else None,
+                }
                 for n in self._nodes
             ],
         }
@@ -650,8 +723,13 @@ class LocalKafka:
         """Adopt a detached cluster by its recorded pids (for `broker status` / `broker down`)."""
         data_dir = Path(state["data_dir"])
         nodes = [
-            _Node(n["index"], n["broker_port"], n["controller_port"], data_dir / f"node-{n['index']}",
-                  _Jvm(n["pid"], n["started_at"]) if n.get("pid") else None)
+            _Node(
+                n["index"],
+                n["broker_port"],
+                n["controller_port"],
+                data_dir / f"node-{n['index']}",
+                _Jvm(n["pid"], n["started_at"]) if n.get("pid") else None,
+            )
             for n in state["nodes"]
         ]
         return cls(nodes, data_dir, bool(state.get("keep_data")), bool(state.get("remove_data_dir")))
@@ -671,8 +749,10 @@ def _prepare_data_dir(data_dir: Path | None, nodes: int) -> tuple[Path, bool, bo
         raise BrokerError(f"cannot create the broker data directory {data_dir}: {exc}") from None
     formatted = len(list(data_dir.glob("node-*/data/meta.properties")))
     if formatted and formatted != nodes:
-        raise BrokerError(f"{data_dir} holds data of a {formatted}-node cluster; start it with "
-                          f"--nodes {formatted} or choose another data directory")
+        raise BrokerError(
+            f"{data_dir} holds data of a {formatted}-node cluster; start it with "
+            f"--nodes {formatted} or choose another data directory"
+        )
     return data_dir.resolve(), created, formatted > 0
 
 
@@ -681,15 +761,18 @@ def _await_listening(node: _Node, deadline: float) -> None:
     while True:
         if not node.alive():
             code = node.jvm.popen.poll() if node.jvm and node.jvm.popen else None
-            raise BrokerError(f"Kafka node {node.index} exited during start (exit code {code})\n"
-                              f"{_failure_excerpt(node)}")
+            raise BrokerError(
+                f"Kafka node {node.index} exited during start (exit code {code})\n{_failure_excerpt(node)}"
+            )
         with socket.socket() as sock:
             sock.settimeout(1.0)
             if sock.connect_ex((LOOPBACK, node.broker_port)) == 0:
                 return
         if time.monotonic() > deadline:
-            raise BrokerError(f"Kafka node {node.index} did not open port {node.broker_port} in time\n"
-                              f"{_failure_excerpt(node)}")
+            raise BrokerError(
+                f"Kafka node {node.index} did not open port {node.broker_port} in time\n"
+                f"{_failure_excerpt(node)}"
+            )
         time.sleep(POLL_S)
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from shared.errors import BrokerError
 from stack.broker import (
     KAFKA_VERSION,
     LocalKafka,
@@ -24,7 +25,6 @@ from stack.broker import (
     state_path,
     write_state,
 )
-from shared.errors import BrokerError
 
 broker_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -41,17 +41,25 @@ def _describe(kafka: LocalKafka) -> str:
 
 @broker_app.command()
 def up(
-    nodes: Annotated[int, typer.Option(min=1, max=5, help="combined broker+controller nodes (3 for fault tests)")] = 1,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="where the nodes keep their data "
-                                                  "(default: a new temporary directory)")] = None,
+    nodes: Annotated[
+        int, typer.Option(min=1, max=5, help="combined broker+controller nodes (3 for fault tests)")
+    ] = 1,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help="where the nodes keep their data (default: a new temporary directory)"
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the cluster to be ready")] = 120.0,
 ) -> None:
     """Start a local Kafka cluster in the background and print its bootstrap address."""
     running = running_broker()
     if running is not None:
         if running.node_count != nodes:
-            raise BrokerError(f"a {running.node_count}-node broker is already running at {running.bootstrap_servers}; "
-                              "stop it first with `ridestream broker down`")
+            raise BrokerError(
+                f"a {running.node_count}-node broker is already running at {running.bootstrap_servers}; "
+                "stop it first with `ridestream broker down`"
+            )
         _note(f"already running: {_describe(running)}")
         print(running.bootstrap_servers)
         return
@@ -70,7 +78,9 @@ def up(
     except OSError as exc:
         kafka.stop()
         raise BrokerError(f"cannot record the broker in {state_path()}: {exc}") from None
-    _note(f"ready in {time.monotonic() - started:.1f}s: {_describe(kafka)}; stop it with `ridestream broker down`")
+    _note(
+        f"ready in {time.monotonic() - started:.1f}s: {_describe(kafka)}; stop it with `ridestream broker down`"
+    )
     print(kafka.bootstrap_servers)
 
 
@@ -86,8 +96,9 @@ def status() -> None:
 
 @broker_app.command()
 def down(
-    keep_data: Annotated[bool, typer.Option("--keep-data", help="keep the data directory for a later `up --data-dir`")]
-    = False,
+    keep_data: Annotated[
+        bool, typer.Option("--keep-data", help="keep the data directory for a later `up --data-dir`")
+    ] = False,
 ) -> None:
     """Stop the broker started by `broker up` and remove its data (unless --keep-data)."""
     kafka = load_state()

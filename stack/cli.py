@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import enum
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 
 from consumers.registry import SERVICE_NAMES, service_spec
@@ -33,8 +30,12 @@ app = typer.Typer(
 
 BootstrapOption = Annotated[
     str | None,
-    typer.Option("--bootstrap-servers", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
-                 help="Kafka bootstrap servers (default: the local broker started by `ridestream broker up`)"),
+    typer.Option(
+        "--bootstrap-servers",
+        "-b",
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap servers (default: the local broker started by `ridestream broker up`)",
+    ),
 ]
 
 
@@ -49,13 +50,19 @@ _register_broker()
 
 @app.command()
 def produce(
-    data: Annotated[list[Path] | None, typer.Option("--data", help="TLC trip file(s); none: synthetic rides")] = None,
+    data: Annotated[
+        list[Path] | None, typer.Option("--data", help="TLC trip file(s); none: synthetic rides")
+    ] = None,
     rides: Annotated[int | None, typer.Option(help="at most this many rides")] = None,
     rate: Annotated[float | None, typer.Option(help="fixed rate, events/s")] = None,
     speedup: Annotated[float | None, typer.Option(help="event-time replay, X times real time")] = None,
     topic: Annotated[str | None, typer.Option(help="output topic (default rides.events)")] = None,
-    partitions: Annotated[int | None, typer.Option(help="partitions when the topic is created (default 6)")] = None,
-    progress_interval: Annotated[float | None, typer.Option(help="ride seconds between progress events")] = None,
+    partitions: Annotated[
+        int | None, typer.Option(help="partitions when the topic is created (default 6)")
+    ] = None,
+    progress_interval: Annotated[
+        float | None, typer.Option(help="ride seconds between progress events")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the synthetic generator and ride paths")] = None,
     bootstrap_servers: BootstrapOption = None,
     report: Annotated[Path | None, typer.Option(help="also write the summary as JSON to this file")] = None,
@@ -66,8 +73,16 @@ def produce(
     from producer.settings import ProducerSettings
     from shared.settings import KafkaSettings
 
-    flags = {"data": data or None, "rides": rides, "rate": rate, "speedup": speedup, "topic": topic,
-             "partitions": partitions, "progress_interval_s": progress_interval, "seed": seed}
+    flags = {
+        "data": data or None,
+        "rides": rides,
+        "rate": rate,
+        "speedup": speedup,
+        "topic": topic,
+        "partitions": partitions,
+        "progress_interval_s": progress_interval,
+        "seed": seed,
+    }
     settings = ProducerSettings(**{k: v for k, v in flags.items() if v is not None})
     kafka = KafkaSettings(**({"bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}))
     console = Console(stderr=True)
@@ -91,13 +106,17 @@ def schemas(
     if check:
         drifted = drifted_schemas()
         if drifted:
-            raise RidestreamError(f"JSON Schema files out of date: {', '.join(drifted)} (run `ridestream schemas`)")
+            raise RidestreamError(
+                f"JSON Schema files out of date: {', '.join(drifted)} (run `ridestream schemas`)"
+            )
         return
     for path in write_schemas():
         typer.echo(path)
 
 
-DataOption = Annotated[list[Path] | None, typer.Option("--data", help="TLC trip file(s); none: synthetic rides")]
+DataOption = Annotated[
+    list[Path] | None, typer.Option("--data", help="TLC trip file(s); none: synthetic rides")
+]
 ModelsOption = Annotated[Path, typer.Option("--models", help="model directory")]
 
 
@@ -106,7 +125,9 @@ def train(
     data: DataOption = None,
     models: ModelsOption = Path("models"),
     rides: Annotated[int, typer.Option(help="synthetic rides to train on when no --data is given")] = 50_000,
-    if_missing: Annotated[bool, typer.Option("--if-missing", help="do nothing when models already exist")] = False,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="do nothing when models already exist")
+    ] = False,
 ) -> None:
     """Fit the duration, dynamic-duration, tip and cost models (and the zoomcamp baseline)."""
     from consumers.training import models_present, train_models
@@ -118,7 +139,9 @@ def train(
         console.print(f"models already in {models}; nothing to do")
         return
     frame = read_many(list(data)) if data else synthesize_trips(rides, seed=1)
-    console.print(f"training on {len(frame.trips):,} rides ({'files' if data else 'synthetic'}); skipped {dict(frame.skipped)}")
+    console.print(
+        f"training on {len(frame.trips):,} rides ({'files' if data else 'synthetic'}); skipped {dict(frame.skipped)}"
+    )
     metrics = train_models(frame.trips, models, progress=console.print)
     Console().print_json(data=metrics)
 
@@ -154,17 +177,27 @@ def evaluate(
 def demo(
     data: DataOption = None,
     rides: Annotated[int, typer.Option(help="rides to replay")] = 2000,
-    rate: Annotated[float | None, typer.Option(help="events/s (default 2000; ignored with --speedup)")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="events/s (default 2000; ignored with --speedup)")
+    ] = None,
     speedup: Annotated[float | None, typer.Option(help="event-time replay at X times real time")] = None,
     models: ModelsOption = Path("models"),
-    bootstrap_servers: Annotated[str | None, typer.Option("--bootstrap-servers", "-b",
-                                 help="use this cluster instead of starting a local broker")] = None,
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option("--bootstrap-servers", "-b", help="use this cluster instead of starting a local broker"),
+    ] = None,
 ) -> None:
     """The main job: local broker, models, the three services (duration twice), rides, live view, summary."""
     from stack.demo import DemoOptions, run_demo
 
-    options = DemoOptions(data=list(data or []), rides=rides, rate=None if speedup else (rate or 2000.0),
-                          speedup=speedup, models_dir=models, bootstrap_servers=bootstrap_servers)
+    options = DemoOptions(
+        data=list(data or []),
+        rides=rides,
+        rate=None if speedup else (rate or 2000.0),
+        speedup=speedup,
+        models_dir=models,
+        bootstrap_servers=bootstrap_servers,
+    )
     if not run_demo(options):
         raise RidestreamError("the demo ended before every expected prediction was seen")
 
@@ -188,28 +221,57 @@ Service = enum.Enum("Service", {name: name for name in SERVICE_NAMES}, type=str)
 def consume(
     service: Annotated[Service, typer.Argument(help="which scoring service to run")],
     bootstrap_servers: BootstrapOption = None,
-    models: Annotated[Path | None, typer.Option("--models", help="model directory (default ./models)")] = None,
-    group: Annotated[str | None, typer.Option(help="consumer group id (default ridestream-<service>)")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        help=f"records per micro-batch (default {DEFAULT_BATCH_SIZE})")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="serve /metrics, /healthz, /readyz on this port")] = None,
-    instance_id: Annotated[str | None, typer.Option(help="static group membership id (group.instance.id)")] = None,
-    max_messages: Annotated[int | None, typer.Option(help="stop after this many records (bounded runs)")] = None,
-    idle_timeout: Annotated[float | None, typer.Option(help="stop after this many seconds without records")] = None,
-    processing_guarantee: Annotated[Guarantee | None, typer.Option(
-        help="at_least_once (default) or exactly_once (transactions; read outputs with read_committed)")] = None,
-    instance_name: Annotated[str | None, typer.Option(
-        help="stable instance name; names the transactional.id under exactly_once (default: host name)")] = None,
-    engine: Annotated[Engine, typer.Option(
-        help="confluent (default) or Faust agents per event / batched (docs/faust.md)")] = "confluent",  # type: ignore[assignment]
+    models: Annotated[
+        Path | None, typer.Option("--models", help="model directory (default ./models)")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="consumer group id (default ridestream-<service>)")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=f"records per micro-batch (default {DEFAULT_BATCH_SIZE})")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve /metrics, /healthz, /readyz on this port")
+    ] = None,
+    instance_id: Annotated[
+        str | None, typer.Option(help="static group membership id (group.instance.id)")
+    ] = None,
+    max_messages: Annotated[
+        int | None, typer.Option(help="stop after this many records (bounded runs)")
+    ] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="stop after this many seconds without records")
+    ] = None,
+    processing_guarantee: Annotated[
+        Guarantee | None,
+        typer.Option(
+            help="at_least_once (default) or exactly_once (transactions; read outputs with read_committed)"
+        ),
+    ] = None,
+    instance_name: Annotated[
+        str | None,
+        typer.Option(
+            help="stable instance name; names the transactional.id under exactly_once (default: host name)"
+        ),
+    ] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="confluent (default) or Faust agents per event / batched (docs/faust.md)")
+    ] = "confluent",  # type: ignore[assignment]
 ) -> None:
     """Run one scoring service: consume ride events, publish predictions, dead-letter bad input."""
     from shared.settings import KafkaSettings
 
-    flags = {"models_dir": models, "group_id": group, "batch_size": batch_size, "metrics_port": metrics_port,
-             "group_instance_id": instance_id, "max_messages": max_messages, "idle_timeout_s": idle_timeout,
-             "processing_guarantee": processing_guarantee.value if processing_guarantee else None,
-             "instance_name": instance_name}
+    flags = {
+        "models_dir": models,
+        "group_id": group,
+        "batch_size": batch_size,
+        "metrics_port": metrics_port,
+        "group_instance_id": instance_id,
+        "max_messages": max_messages,
+        "idle_timeout_s": idle_timeout,
+        "processing_guarantee": processing_guarantee.value if processing_guarantee else None,
+        "instance_name": instance_name,
+    }
     kafka = KafkaSettings(**({"bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}))
     overrides = {k: v for k, v in flags.items() if v is not None}
     spec = service_spec(service.value)
@@ -219,7 +281,9 @@ def consume(
         try:
             from stack.faust_engine import serve_with_faust
         except ImportError as exc:
-            raise RidestreamError(f"--engine {engine.value} needs faust: pip install 'ridestream[faust]' ({exc})") from None
+            raise RidestreamError(
+                f"--engine {engine.value} needs faust: pip install 'ridestream[faust]' ({exc})"
+            ) from None
 
         stats = serve_with_faust(spec, overrides, kafka, batched=engine == Engine.faust_batched)
     logging.getLogger("ridestream").info("stopped: %s", stats)

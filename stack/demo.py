@@ -17,15 +17,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from consumers.registry import SERVICE_NAMES
 from producer.run import ProduceReport, produce
 from producer.settings import ProducerSettings
-from consumers.registry import SERVICE_NAMES
 from schemas.topics import RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
 from shared.errors import RidestreamError
-from stack.fleet import running_fleet, wait_ready
 from shared.kafka import ensure_topic
-from stack.live_view import FleetView, FleetWatcher
 from shared.settings import KafkaSettings
+from stack.fleet import running_fleet, wait_ready
+from stack.live_view import FleetView, FleetWatcher
 
 # Seconds without a new prediction, once the producer is done, after which the demo stops waiting.
 SETTLE_TIMEOUT_S = 30.0
@@ -80,9 +80,16 @@ def summary(view: FleetView, report: ProduceReport, expected: dict[str, int]) ->
     for service, count in expected.items():
         seen = view.services[service]
         p50, p99 = seen.percentile(0.5), seen.percentile(0.99)
-        table.add_row(service, f"{count:,}", f"{seen.predictions:,}",
-                      "—" if p50 is None else f"{p50:.0f}", "—" if p99 is None else f"{p99:.0f}")
-    table.caption = f"published {report.summary.total:,} events from {report.source}; failed {report.summary.failed}"
+        table.add_row(
+            service,
+            f"{count:,}",
+            f"{seen.predictions:,}",
+            "—" if p50 is None else f"{p50:.0f}",
+            "—" if p99 is None else f"{p99:.0f}",
+        )
+    table.caption = (
+        f"published {report.summary.total:,} events from {report.source}; failed {report.summary.failed}"
+    )
     return table
 
 
@@ -95,23 +102,39 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
         kafka = KafkaSettings(bootstrap_servers=bootstrap)
         client_config = kafka.client_config()
         ensure_models(options, console)
-        topics = [RIDE_EVENTS_TOPIC, *map(prediction_topic, SERVICE_NAMES), *map(dead_letter_topic, SERVICE_NAMES)]
+        topics = [
+            RIDE_EVENTS_TOPIC,
+            *map(prediction_topic, SERVICE_NAMES),
+            *map(dead_letter_topic, SERVICE_NAMES),
+        ]
         for topic in topics:
             ensure_topic(client_config, topic, options.partitions)
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ridestream-demo-")))
         fleet = stack.enter_context(running_fleet(options.instances, bootstrap, options.models_dir, log_dir))
         with console.status(f"starting {len(fleet)} service processes…"):
             wait_ready(fleet)
-        console.print("fleet: " + ", ".join(f"{i.name} (pid {i.process.pid}, metrics :{i.metrics_port})" for i in fleet))
+        console.print(
+            "fleet: " + ", ".join(f"{i.name} (pid {i.process.pid}, metrics :{i.metrics_port})" for i in fleet)
+        )
         watcher = FleetWatcher(client_config)
         stack.callback(watcher.close)
-        settings = ProducerSettings(data=options.data, rides=options.rides, rate=options.rate, speedup=options.speedup,
-                                    partitions=options.partitions)
+        settings = ProducerSettings(
+            data=options.data,
+            rides=options.rides,
+            rate=options.rate,
+            speedup=options.speedup,
+            partitions=options.partitions,
+        )
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="producer"))
         producing = pool.submit(produce, settings, kafka, Console(quiet=True), stop.is_set)
         last_change, last_total = time.monotonic(), -1
-        with Live(watcher.view.render("ridestream: live predictions"), console=console, refresh_per_second=4,
-                  transient=False, auto_refresh=options.live) as live:
+        with Live(
+            watcher.view.render("ridestream: live predictions"),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+            auto_refresh=options.live,
+        ) as live:
             try:
                 while True:
                     watcher.poll(0.25)

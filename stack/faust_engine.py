@@ -69,8 +69,15 @@ def input_record(message: FaustMessage) -> InputRecord:
     """A consumed Faust message as the runtime's engine-neutral record."""
     headers: Any = message.headers or ()
     pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
-    return InputRecord(message.topic, message.partition, message.offset, message.key, message.value, pairs,
-                       int(message.timestamp * 1000))
+    return InputRecord(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        pairs,
+        int(message.timestamp * 1000),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +101,13 @@ class ScoringStep:
 
     def process(self, messages: Sequence[FaustMessage]) -> list[Output]:
         started = time.monotonic()
-        batch = score_batch([input_record(m) for m in messages], self.scorer, self.config.service,
-                            self.config.max_payload_bytes, datetime.now(UTC))
+        batch = score_batch(
+            [input_record(m) for m in messages],
+            self.scorer,
+            self.config.service,
+            self.config.max_payload_bytes,
+            datetime.now(UTC),
+        )
         outputs = [Output(self.config.output_topic, p.key, p.value, None) for p in batch.predictions]
         outputs += [Output(self.config.dlq_topic, d.key, d.value, d.headers) for d in batch.dead_letters]
         record_batch(self.metrics, self.stats, batch, len(messages), time.monotonic() - started)
@@ -113,8 +125,9 @@ class ScoringStep:
 
 def _exit_uncommitted(reason: str) -> NoReturn:
     """End the process now, before Faust can ack or commit anything more (it would commit a lost record)."""
-    log.critical("%s: exiting without committing; the uncommitted records are consumed again after a restart",
-                 reason)
+    log.critical(
+        "%s: exiting without committing; the uncommitted records are consumed again after a restart", reason
+    )
     for handler in logging.getLogger().handlers:
         handler.flush()
     os._exit(EXIT_UNCOMMITTED)
@@ -157,8 +170,12 @@ def credentials(kafka: KafkaSettings) -> CredentialsT | None:
     context = ssl.create_default_context() if protocol.endswith("SSL") else None
     if protocol.startswith("SASL"):
         password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-        return faust.SASLCredentials(username=kafka.sasl_username, password=password, ssl_context=context,
-                                     mechanism=kafka.sasl_mechanism or "PLAIN")
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=password,
+            ssl_context=context,
+            mechanism=kafka.sasl_mechanism or "PLAIN",
+        )
     if protocol == "SSL" and context is not None:
         return faust.SSLCredentials(context)
     raise ConfigError(f"the Faust engine does not support security_protocol={kafka.security_protocol}")
@@ -202,7 +219,8 @@ def make_app(
     )
     source = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
     sinks: dict[str, TopicT] = {
-        topic: app.topic(topic, key_type=bytes, value_type=bytes) for topic in (config.output_topic, config.dlq_topic)
+        topic: app.topic(topic, key_type=bytes, value_type=bytes)
+        for topic in (config.output_topic, config.dlq_topic)
     }
 
     async def score_each(stream: StreamT[bytes]) -> None:
@@ -232,7 +250,9 @@ def make_app(
         if not stopping and step.bounded_run_over():
             stopping = True
             log.info("%s: bounded run over (%d records); stopping", settings.service, step.stats.consumed)
-            signal.raise_signal(signal.SIGTERM)  # the Worker's own graceful stop: wait for acks, commit, leave
+            signal.raise_signal(
+                signal.SIGTERM
+            )  # the Worker's own graceful stop: wait for acks, commit, leave
 
     app.agent(source, name=f"{settings.service}-{'batched' if batched else 'per-event'}")(
         score_batches if batched else score_each
@@ -257,10 +277,18 @@ def run_faust_service(
     # A fresh loop per run: the Worker closes its loop when it ends, and the app binds to the current one.
     asyncio.set_event_loop(asyncio.new_event_loop())
     with tempfile.TemporaryDirectory(prefix=f"ridestream-faust-{settings.service}-") as data_dir:
-        app, step = make_app(settings, kafka, scorer, batched=batched, data_dir=Path(data_dir), metrics=metrics)
-        log.info("%s scoring %s → %s on Faust (%s) with %s %s", settings.service, settings.input_topic,
-                 settings.output_topic, "batched" if batched else "per event", scorer.model_name,
-                 scorer.model_version)
+        app, step = make_app(
+            settings, kafka, scorer, batched=batched, data_dir=Path(data_dir), metrics=metrics
+        )
+        log.info(
+            "%s scoring %s → %s on Faust (%s) with %s %s",
+            settings.service,
+            settings.input_topic,
+            settings.output_topic,
+            "batched" if batched else "per event",
+            scorer.model_name,
+            scorer.model_version,
+        )
         # Logging stays the caller's (the CLI configures it); the Worker installs SIGTERM/SIGINT handlers.
         worker = faust.Worker(app, quiet=True, override_logging=False, daemon=True)
         try:
@@ -271,7 +299,9 @@ def run_faust_service(
     return step.stats
 
 
-def serve_with_faust(spec: ServiceSpec, overrides: Mapping[str, Any], kafka: KafkaSettings, batched: bool) -> RunStats:
+def serve_with_faust(
+    spec: ServiceSpec, overrides: Mapping[str, Any], kafka: KafkaSettings, batched: bool
+) -> RunStats:
     """`ridestream consume <service> --engine faust|faust-batched`: settings → model → Faust worker → run.
 
     `overrides` are the CLI flags that beat the environment, as for consumers.serve.serve."""
@@ -285,7 +315,9 @@ def serve_with_faust(spec: ServiceSpec, overrides: Mapping[str, Any], kafka: Kaf
 def main(argv: Sequence[str] | None = None, prog: str = "python -m stack.faust_engine") -> None:
     parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").splitlines()[0])
     parser.add_argument("service", choices=SERVICE_NAMES)
-    parser.add_argument("--batched", action="store_true", help="stream.take_events batches instead of per event")
+    parser.add_argument(
+        "--batched", action="store_true", help="stream.take_events batches instead of per event"
+    )
     args = parser.parse_args(argv)
     run_guarded(lambda: serve_with_faust(service_spec(args.service), {}, KafkaSettings(), args.batched))
 

@@ -71,7 +71,12 @@ def service_environment(
 
 
 def start_service(
-    service: str, instance: int, bootstrap: str, models_dir: Path, log_dir: Path, extra_env: Mapping[str, str] | None = None
+    service: str,
+    instance: int,
+    bootstrap: str,
+    models_dir: Path,
+    log_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
 ) -> ServiceProcess:
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -79,8 +84,12 @@ def start_service(
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", f"consumers.{service}"],
-            env=service_environment(service, instance, bootstrap, models_dir.resolve(), port, extra_env or {}),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=service_environment(
+                service, instance, bootstrap, models_dir.resolve(), port, extra_env or {}
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl+C in the terminal reaches the demo, which stops us in order
         )
     return ServiceProcess(service, instance, process, port, log_path)
@@ -101,7 +110,9 @@ def wait_ready(instances: list[ServiceProcess], timeout_s: float = 60.0) -> None
     while waiting:
         for instance in list(waiting):
             if instance.process.poll() is not None:
-                raise RidestreamError(f"{instance.name} exited with {instance.process.returncode}:\n{instance.log_tail()}")
+                raise RidestreamError(
+                    f"{instance.name} exited with {instance.process.returncode}:\n{instance.log_tail()}"
+                )
             if is_ready(instance):
                 waiting.remove(instance)
         if waiting and time.monotonic() > deadline:
@@ -109,7 +120,9 @@ def wait_ready(instances: list[ServiceProcess], timeout_s: float = 60.0) -> None
         time.sleep(0.2)  # poll interval between readiness requests
 
 
-def stop_service(instance: ServiceProcess, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
+def stop_service(
+    instance: ServiceProcess, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S
+) -> int:
     """Signal the instance and wait; SIGKILL if it does not finish in time. Returns the exit code."""
     if instance.process.poll() is None:
         instance.process.send_signal(sig)

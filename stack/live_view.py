@@ -47,7 +47,9 @@ class ServiceView:
 
 @dataclass
 class FleetView:
-    services: dict[str, ServiceView] = field(default_factory=lambda: {s: ServiceView() for s in SERVICE_NAMES})
+    services: dict[str, ServiceView] = field(
+        default_factory=lambda: {s: ServiceView() for s in SERVICE_NAMES}
+    )
     events: Counter[str] = field(default_factory=Counter)
     event_ts: OrderedDict[str, int] = field(default_factory=OrderedDict)
     start_predictions: OrderedDict[str, dict[str, float]] = field(default_factory=OrderedDict)
@@ -70,14 +72,20 @@ class FleetView:
         if source_ts is not None:
             view.latencies_ms.append(max(0.0, timestamp_ms - source_ts))
         if value.get("source_event_type") == "ride_started":
-            self.start_predictions.setdefault(value["ride_id"], {})[service] = float(value[VALUE_FIELDS[service]])
+            self.start_predictions.setdefault(value["ride_id"], {})[service] = float(
+                value[VALUE_FIELDS[service]]
+            )
             if len(self.start_predictions) > MAX_TRACKED:
                 self.start_predictions.popitem(last=False)
 
     def on_completed(self, value: dict[str, Any]) -> None:
         """Remember what actually happened; the row shows the start predictions whenever they arrive (a fast
         replay can deliver a ride's completion before the services have scored its start)."""
-        self.actuals[value["ride_id"]] = (value["duration_minutes"], value["tip_amount_usd"], value["total_amount_usd"])
+        self.actuals[value["ride_id"]] = (
+            value["duration_minutes"],
+            value["tip_amount_usd"],
+            value["total_amount_usd"],
+        )
         if len(self.actuals) > MAX_TRACKED:
             self.actuals.popitem(last=False)
         self.recent.appendleft(value["ride_id"])
@@ -90,7 +98,9 @@ class FleetView:
             cells = []
             for service, unit in (("duration", " min"), ("tip", " $"), ("cost", " $")):
                 guess, real = predicted.get(service), actual[service]
-                cells.append(f"{'—' if guess is None else f'{guess:.1f}'} / {'—' if real is None else f'{real:.1f}'}{unit}")
+                cells.append(
+                    f"{'—' if guess is None else f'{guess:.1f}'} / {'—' if real is None else f'{real:.1f}'}{unit}"
+                )
             rows.append((ride_id, *cells))
         return rows
 
@@ -105,9 +115,17 @@ class FleetView:
             services.add_column(column, justify="right" if column != "service" else "left")
         for name, view in self.services.items():
             p50, p99 = view.percentile(0.5), view.percentile(0.99)
-            services.add_row(name, f"{view.predictions:,}", f"{view.rate():,.0f}",
-                             "—" if p50 is None else f"{p50:.0f}", "—" if p99 is None else f"{p99:.0f}")
-        events = ", ".join(f"{kind} {count:,}" for kind, count in sorted(self.events.items())) or "waiting for rides"
+            services.add_row(
+                name,
+                f"{view.predictions:,}",
+                f"{view.rate():,.0f}",
+                "—" if p50 is None else f"{p50:.0f}",
+                "—" if p99 is None else f"{p99:.0f}",
+            )
+        events = (
+            ", ".join(f"{kind} {count:,}" for kind, count in sorted(self.events.items()))
+            or "waiting for rides"
+        )
         rides = Table(title="recent completed rides: predicted at start / actual", expand=False)
         for column in ("ride", "duration", "tip", "total cost"):
             rides.add_column(column)

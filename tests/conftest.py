@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from shared.kafka import ensure_topic
 from stack.broker import LocalKafka
 from tests.containers import docker_engine_answers, docker_kafka
-from shared.kafka import ensure_topic
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from shared.kafka import wait_for_cluster
 from stack.broker import KAFKA_VERSION, LOOPBACK, START_TIMEOUT_S, free_ports, new_cluster_id, node_config
 
+
 def docker_engine_answers(timeout_s: float = 2.0) -> bool:
     """True when a Docker engine answers a ping quickly (docker SDK from the test extras)."""
     try:
@@ -25,7 +26,9 @@ def docker_engine_answers(timeout_s: float = 2.0) -> bool:
 
 
 @contextlib.contextmanager
-def docker_kafka(image: str = f"apache/kafka:{KAFKA_VERSION}", timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
+def docker_kafka(
+    image: str = f"apache/kafka:{KAFKA_VERSION}", timeout_s: float = START_TIMEOUT_S
+) -> Iterator[str]:
     """A one-node KRaft broker in the official apache/kafka image via testcontainers; yields its address.
 
     testcontainers' KafkaContainer scripts Confluent's image, so this drives the official one directly: the

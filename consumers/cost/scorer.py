@@ -22,7 +22,9 @@ def non_negative_total(predicted_total: np.ndarray, _columns: StartColumns) -> n
 
 def cost_scorer(model: Predictor, model_version: str) -> StartScorer:
     """Predicts the ride's total charge."""
-    return StartScorer(CostPrediction, MODEL_NAME, "predicted_total_usd", non_negative_total, model, model_version)
+    return StartScorer(
+        CostPrediction, MODEL_NAME, "predicted_total_usd", non_negative_total, model, model_version
+    )
 
 
 def load_scorer(models_dir: Path) -> StartScorer:

@@ -45,7 +45,9 @@ PROGRESS_MODEL = "dynamic_duration"
 class TripDurationScorer:
     scored_event_types: frozenset[str] = frozenset({"ride_started", "ride_progress"})
 
-    def __init__(self, start_model: Predictor, start_version: str, progress_model: Predictor, progress_version: str) -> None:
+    def __init__(
+        self, start_model: Predictor, start_version: str, progress_model: Predictor, progress_version: str
+    ) -> None:
         self.start_model = start_model
         self.start_version = start_version
         self.progress_model = progress_model
@@ -61,20 +63,35 @@ class TripDurationScorer:
         started = [e for e in events if isinstance(e, RideStarted)]
         progress = [e for e in events if isinstance(e, RideProgress)]
         # np.maximum keeps NaN, so a broken row is still reported rather than clipped to 0.
-        totals = np.maximum(predict_rows(self.start_model, start_features(start_columns_from_events(started))), 0.0)
-        left = np.maximum(predict_rows(self.progress_model, progress_features(progress_columns_from_events(progress))), 0.0)
+        totals = np.maximum(
+            predict_rows(self.start_model, start_features(start_columns_from_events(started))), 0.0
+        )
+        left = np.maximum(
+            predict_rows(self.progress_model, progress_features(progress_columns_from_events(progress))), 0.0
+        )
 
         def start_prediction(event: RideStarted, minutes: float) -> EncodedPrediction:
             return encode_prediction(
-                DurationPrediction, event, START_MODEL, self.start_version, produced_at,
-                predicted_duration_minutes=minutes, predicted_remaining_minutes=minutes, elapsed_seconds=0.0,
+                DurationPrediction,
+                event,
+                START_MODEL,
+                self.start_version,
+                produced_at,
+                predicted_duration_minutes=minutes,
+                predicted_remaining_minutes=minutes,
+                elapsed_seconds=0.0,
             )
 
         def progress_prediction(event: RideProgress, minutes_left: float) -> EncodedPrediction:
             return encode_prediction(
-                DurationPrediction, event, PROGRESS_MODEL, self.progress_version, produced_at,
+                DurationPrediction,
+                event,
+                PROGRESS_MODEL,
+                self.progress_version,
+                produced_at,
                 predicted_duration_minutes=event.elapsed_seconds / 60.0 + minutes_left,
-                predicted_remaining_minutes=minutes_left, elapsed_seconds=event.elapsed_seconds,
+                predicted_remaining_minutes=minutes_left,
+                elapsed_seconds=event.elapsed_seconds,
             )
 
         next_total, next_left = iter(totals.tolist()), iter(left.tolist())

@@ -12,8 +12,13 @@ from shared.records import InputRecord
 
 
 def record(
-    value: bytes | None, key: bytes | None = b"k", offset: int = 0, partition: int = 0,
-    topic: str = "rides.events", headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int = 0,
+    value: bytes | None,
+    key: bytes | None = b"k",
+    offset: int = 0,
+    partition: int = 0,
+    topic: str = "rides.events",
+    headers: list[tuple[str, bytes]] | None = None,
+    timestamp_ms: int = 0,
 ) -> InputRecord:
     return InputRecord(topic, partition, offset, key, value, headers, timestamp_ms)
 
@@ -50,14 +55,19 @@ class FakeConsumer:
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return partitions
 
-    def get_watermark_offsets(self, partition: TopicPartition, timeout: float | None = None, cached: bool = False) -> tuple[int, int]:
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
         return (0, 0)
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
         return None
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
-        return [TopicPartition(p.topic, p.partition, self.group_offsets.get((p.topic, p.partition), -1001)) for p in partitions]
+        return [
+            TopicPartition(p.topic, p.partition, self.group_offsets.get((p.topic, p.partition), -1001))
+            for p in partitions
+        ]
 
     def seek(self, partition: TopicPartition) -> None:
         self.seeks.append(partition)
@@ -89,7 +99,14 @@ class FakeProducer:
     produced: list[Produced] = field(default_factory=list)
     _pending: list[tuple[Any, Produced]] = field(default_factory=list)
 
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, on_delivery: Any = None, headers: Any = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        on_delivery: Any = None,
+        headers: Any = None,
+    ) -> None:
         record = Produced(topic, key, value, headers)
         self._pending.append((on_delivery, record))
 
@@ -132,8 +149,16 @@ class EchoScorer:
             if event.ride_id.startswith("nan"):
                 failures.append((position, "model returned NaN"))
                 continue
-            predictions.append(encode_prediction(TipPrediction, event, self.model_name, self.model_version,
-                                                 produced_at, predicted_tip_usd=1.0))
+            predictions.append(
+                encode_prediction(
+                    TipPrediction,
+                    event,
+                    self.model_name,
+                    self.model_version,
+                    produced_at,
+                    predicted_tip_usd=1.0,
+                )
+            )
         return ScoreResult(predictions, failures)
 
 
@@ -163,11 +188,13 @@ class FakeTransactionalProducer(FakeProducer):
     def flush(self, timeout: float = -1) -> int:
         visible = list(self.produced)
         super().flush(timeout)
-        self._uncommitted.extend(self.produced[len(visible):])
+        self._uncommitted.extend(self.produced[len(visible) :])
         self.produced = visible
         return 0
 
-    def send_offsets_to_transaction(self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1) -> None:
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
+    ) -> None:
         assert self.in_transaction and group_metadata == "group-metadata"
         self._offsets = list(positions)
 

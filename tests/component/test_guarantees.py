@@ -29,10 +29,14 @@ CONFIG = RunnerConfig(service="tip", output_topic="predictions.tip", dlq_topic="
 
 
 def batch(first_offset: int, size: int) -> list[InputRecord]:
-    return [record(encode(ride_started(f"r{first_offset + i}")), offset=first_offset + i) for i in range(size)]
+    return [
+        record(encode(ride_started(f"r{first_offset + i}")), offset=first_offset + i) for i in range(size)
+    ]
 
 
-def eos_runner(consumer: FakeConsumer, producer: FakeTransactionalProducer, max_messages: int) -> ServiceRunner:
+def eos_runner(
+    consumer: FakeConsumer, producer: FakeTransactionalProducer, max_messages: int
+) -> ServiceRunner:
     producer.consumer = consumer
     # A long interval: only the message count (or close) ends a transaction, so the test controls it.
     committer = ExactlyOnce(consumer, producer, "tip", 5.0, max_messages=max_messages, max_interval_s=3600)
@@ -44,8 +48,17 @@ def test_outputs_and_offsets_commit_in_one_transaction_per_max_messages() -> Non
     producer = FakeTransactionalProducer()
     eos_runner(consumer, producer, max_messages=6).run(threading.Event())
 
-    assert producer.transactions == ["init", "begin", "commit", "begin", "commit"]  # 6 records, then 2 at close
-    assert [[(tp.partition, tp.offset) for tp in offsets] for offsets in consumer.commits] == [[(0, 6)], [(0, 8)]]
+    assert producer.transactions == [
+        "init",
+        "begin",
+        "commit",
+        "begin",
+        "commit",
+    ]  # 6 records, then 2 at close
+    assert [[(tp.partition, tp.offset) for tp in offsets] for offsets in consumer.commits] == [
+        [(0, 6)],
+        [(0, 8)],
+    ]
     assert sorted(p.key for p in producer.produced) == sorted(f"r{i}".encode() for i in range(8))
 
 
@@ -56,17 +69,24 @@ def test_an_abortable_commit_error_hides_the_outputs_and_replays_the_aborted_inp
     eos_runner(consumer, producer, max_messages=4).run(threading.Event())
 
     assert producer.transactions[:4] == ["init", "begin", "abort", "begin"]
-    assert [(tp.partition, tp.offset) for tp in consumer.seeks] == [(0, 0)]  # replay from the transaction's start
+    assert [(tp.partition, tp.offset) for tp in consumer.seeks] == [
+        (0, 0)
+    ]  # replay from the transaction's start
     # The aborted transaction's predictions never became visible; its inputs were scored again, so every
     # ride's prediction is visible exactly once.
     assert sorted(p.key for p in producer.produced) == sorted(f"r{i}".encode() for i in range(8))
-    assert [[(tp.partition, tp.offset) for tp in offsets] for offsets in consumer.commits] == [[(0, 4)], [(0, 8)]]
+    assert [[(tp.partition, tp.offset) for tp in offsets] for offsets in consumer.commits] == [
+        [(0, 4)],
+        [(0, 8)],
+    ]
 
 
 def test_an_aborted_first_transaction_of_a_new_group_rewinds_to_its_first_offset() -> None:
     """No committed offset yet: aborting does not move the fetch position, so only a seek to where the
     transaction started keeps its inputs (librdkafka examples/transactions.c rewinds to the beginning)."""
-    consumer = FakeConsumer([batch(10, 4), batch(14, 4)])  # a partition whose log starts at 10, never committed
+    consumer = FakeConsumer(
+        [batch(10, 4), batch(14, 4)]
+    )  # a partition whose log starts at 10, never committed
     producer = FakeTransactionalProducer(abort_on_commit=True)
     eos_runner(consumer, producer, max_messages=4).run(threading.Event())
 
@@ -107,9 +127,12 @@ class Clock:
         return self.now
 
 
-def alo_runner(consumer: FakeConsumer, producer: FakeProducer, max_messages: int, clock: Clock | None = None) -> ServiceRunner:
-    committer = AtLeastOnce(consumer, producer, "tip", 5.0, max_messages=max_messages, max_interval_s=1.0,
-                            clock=clock or Clock())
+def alo_runner(
+    consumer: FakeConsumer, producer: FakeProducer, max_messages: int, clock: Clock | None = None
+) -> ServiceRunner:
+    committer = AtLeastOnce(
+        consumer, producer, "tip", 5.0, max_messages=max_messages, max_interval_s=1.0, clock=clock or Clock()
+    )
     return ServiceRunner(consumer, producer, EchoScorer(), CONFIG, committer=committer)
 
 
@@ -136,7 +159,9 @@ def test_at_least_once_commits_a_quiet_inputs_offsets_when_the_interval_runs_out
     assert consumer.commits == []
     clock.now = 1.0
     runner.committer.tick()
-    assert [(tp.partition, tp.offset) for tp in consumer.commits[0]] == [(0, 2)] and len(producer.produced) == 2
+    assert [(tp.partition, tp.offset) for tp in consumer.commits[0]] == [(0, 2)] and len(
+        producer.produced
+    ) == 2
 
 
 def test_at_least_once_commits_what_it_processed_before_partitions_are_revoked() -> None:
@@ -144,7 +169,9 @@ def test_at_least_once_commits_what_it_processed_before_partitions_are_revoked()
     runner = alo_runner(consumer, producer, max_messages=1000)
     runner.process(batch(0, 4))
     runner.on_revoke(consumer, [])
-    assert [(tp.partition, tp.offset) for tp in consumer.commits[0]] == [(0, 4)] and len(producer.produced) == 4
+    assert [(tp.partition, tp.offset) for tp in consumer.commits[0]] == [(0, 4)] and len(
+        producer.produced
+    ) == 4
 
 
 def test_an_undelivered_output_from_an_earlier_batch_blocks_the_whole_interval_commit() -> None:

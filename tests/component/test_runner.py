@@ -7,13 +7,15 @@ import threading
 import pytest
 
 from shared.errors import DeliveryError
+from shared.records import InputRecord
 from shared.runner import RunnerConfig, ServiceRunner
 from shared.serde import encode
-from shared.records import InputRecord
 from tests.component.fakes import EchoScorer, FakeConsumer, FakeProducer, record
 from tests.factories import ride_completed, ride_started
 
-CONFIG = RunnerConfig(service="tip", output_topic="predictions.tip", dlq_topic="dlq.tip", max_messages=None, idle_timeout_s=0.01)
+CONFIG = RunnerConfig(
+    service="tip", output_topic="predictions.tip", dlq_topic="dlq.tip", max_messages=None, idle_timeout_s=0.01
+)
 
 
 def message(payload: bytes | None, offset: int, partition: int = 0) -> InputRecord:
@@ -49,7 +51,11 @@ def test_valid_events_are_scored_in_one_call_and_bad_ones_dead_lettered_in_the_s
 
 
 def test_commits_one_past_the_highest_offset_of_each_partition() -> None:
-    batch = [message(encode(ride_started("a")), 7, 0), message(encode(ride_started("b")), 3, 1), message(encode(ride_started("c")), 8, 0)]
+    batch = [
+        message(encode(ride_started("a")), 7, 0),
+        message(encode(ride_started("b")), 3, 1),
+        message(encode(ride_started("c")), 8, 0),
+    ]
     consumer = FakeConsumer([batch])
     run(consumer, FakeProducer())
     assert sorted((tp.partition, tp.offset) for tp in consumer.commits[0]) == [(0, 9), (1, 4)]
@@ -83,7 +89,9 @@ def test_a_commit_refused_after_a_rebalance_is_not_a_crash_the_new_owner_replays
         def commit(self, offsets, asynchronous=True):  # type: ignore[no-untyped-def]
             raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION, "generation moved on"))
 
-    consumer = RebalancedConsumer([[message(encode(ride_started("a")), 0)], [message(encode(ride_started("b")), 1)]])
+    consumer = RebalancedConsumer(
+        [[message(encode(ride_started("a")), 0)], [message(encode(ride_started("b")), 1)]]
+    )
     producer = FakeProducer()
     run(consumer, producer)
     assert sorted(p.key for p in producer.produced) == [b"a", b"b"]  # both batches scored and delivered

@@ -16,23 +16,32 @@ from pathlib import Path
 import psutil
 import pytest
 
-from stack.broker import LocalKafka, free_ports, running_bootstrap_servers
 from shared.errors import BrokerError
 from shared.kafka import KafkaError, Message, cluster_node_count, ensure_topic, make_producer, partition_count
+from stack.broker import LocalKafka, free_ports, running_bootstrap_servers
 from tests.integration.topics import drain
 
 
 def cli(*args: str, cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real `ridestream` CLI in a subprocess, run from `cwd` as a person would."""
-    return subprocess.run([sys.executable, "-m", "stack.cli", *args], check=False, capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env=dict(env if env is not None else os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "stack.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=dict(env if env is not None else os.environ),
+    )
 
 
 def live_processes_mentioning(text: str) -> list[int]:
     """Pids of live (non-zombie) processes whose command line mentions `text` (a data directory)."""
     found = []
     for process in psutil.process_iter(["cmdline", "status"]):
-        if process.info["status"] != psutil.STATUS_ZOMBIE and any(text in arg for arg in process.info["cmdline"] or ()):
+        if process.info["status"] != psutil.STATUS_ZOMBIE and any(
+            text in arg for arg in process.info["cmdline"] or ()
+        ):
             found.append(process.pid)
     return found
 

@@ -21,9 +21,9 @@ import pytest
 
 pytest.importorskip("faust", reason="the Faust engine is optional: pip install -e '.[faust]'")
 
-from stack.faust_engine import EXIT_UNCOMMITTED  # after importorskip: needs faust
 from shared.kafka import TopicPartition, ensure_topic, make_consumer, make_producer
 from shared.serde import encode
+from stack.faust_engine import EXIT_UNCOMMITTED  # after importorskip: needs faust
 from tests.factories import ride_progress, ride_started
 from tests.integration.topics import REPO, drain
 
@@ -35,7 +35,9 @@ POISON: dict[bytes | None, str] = {
     None: "undecodable",
     b'{"event_type": "ride_teleported", "schema_version": 1}': "unknown_event_type",
     encode(ride_started("bad-zone")).replace(b'"pickup_zone":74', b'"pickup_zone":999'): "schema_violation",
-    encode(ride_started("v7")).replace(b'"schema_version":1', b'"schema_version":7'): "unsupported_schema_version",
+    encode(ride_started("v7")).replace(
+        b'"schema_version":1', b'"schema_version":7'
+    ): "unsupported_schema_version",
 }
 
 Topics = dict[str, str]
@@ -69,21 +71,45 @@ def publish(bootstrap: str, topic: str, rides: int) -> tuple[list[str], dict[byt
     return ride_ids, poison, total + len(poison)
 
 
-def run_faust_tip(bootstrap: str, topics: Topics, models: Path, *flags: str, max_messages: int | None = None,
-                  idle_s: float = 30.0, **env: str) -> subprocess.CompletedProcess[str]:
+def run_faust_tip(
+    bootstrap: str,
+    topics: Topics,
+    models: Path,
+    *flags: str,
+    max_messages: int | None = None,
+    idle_s: float = 30.0,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
     """The service as an operator runs it, until `max_messages` are consumed or `idle_s` pass without any."""
-    bounds = {"TIP_IDLE_TIMEOUT_S": str(idle_s), **({"TIP_MAX_MESSAGES": str(max_messages)} if max_messages else {})}
-    return subprocess.run([sys.executable, "-m", "stack.faust_engine", "tip", *flags], capture_output=True,
-                          text=True, timeout=300, cwd=REPO, check=False,
-                          env={**os.environ, **topics, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                               "TIP_MODELS_DIR": str(models), **bounds, **env})
+    bounds = {
+        "TIP_IDLE_TIMEOUT_S": str(idle_s),
+        **({"TIP_MAX_MESSAGES": str(max_messages)} if max_messages else {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "stack.faust_engine", "tip", *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        check=False,
+        env={
+            **os.environ,
+            **topics,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "TIP_MODELS_DIR": str(models),
+            **bounds,
+            **env,
+        },
+    )
 
 
 def committed_total(bootstrap: str, topics: Topics) -> int:
     """Sum of the group's committed offsets on the input topic (partitions never committed count 0)."""
     consumer = make_consumer({"bootstrap.servers": bootstrap}, topics["TIP_GROUP_ID"])
     try:
-        committed = consumer.committed([TopicPartition(topics["TIP_INPUT_TOPIC"], p) for p in range(PARTITIONS)], 30)
+        committed = consumer.committed(
+            [TopicPartition(topics["TIP_INPUT_TOPIC"], p) for p in range(PARTITIONS)], 30
+        )
     finally:
         consumer.close()
     return sum(max(0, tp.offset) for tp in committed)
@@ -107,7 +133,9 @@ def test_faust_agent_predicts_each_valid_ride_once_and_dead_letters_each_poison_
     assert {json.loads(r.value or b"{}")["model_name"] for r in predictions} == {"tip"}
 
     dead = drain(client, [faust_topics["TIP_DLQ_TOPIC"]], quiet_s=3)
-    assert Counter(r.key for r in dead) == Counter(poison.keys()), "each poison record dead-lettered exactly once"
+    assert Counter(r.key for r in dead) == Counter(poison.keys()), (
+        "each poison record dead-lettered exactly once"
+    )
     for record in dead:
         assert record.key is not None
         sent = poison[record.key]
@@ -118,7 +146,9 @@ def test_faust_agent_predicts_each_valid_ride_once_and_dead_letters_each_poison_
         assert headers["ridestream.source.topic"].decode() == faust_topics["TIP_INPUT_TOPIC"]
         assert headers["trace"] == b"t-1", "the original headers are kept"
 
-    assert committed_total(kafka_bootstrap, faust_topics) == published, "a clean stop commits everything consumed"
+    assert committed_total(kafka_bootstrap, faust_topics) == published, (
+        "a clean stop commits everything consumed"
+    )
 
 
 def test_a_failed_delivery_ends_the_faust_process_without_committing(
@@ -126,15 +156,22 @@ def test_a_failed_delivery_ends_the_faust_process_without_committing(
 ) -> None:
     # A prediction (~300 bytes) cannot fit this topic: the broker refuses every one (MessageSizeTooLarge).
     faust_topics["TIP_OUTPUT_TOPIC"] = f"faust-tiny-{uuid.uuid4().hex[:12]}"
-    ensure_topic({"bootstrap.servers": kafka_bootstrap}, faust_topics["TIP_OUTPUT_TOPIC"], PARTITIONS,
-                 replication_factor=-1, config={"max.message.bytes": "200"})
+    ensure_topic(
+        {"bootstrap.servers": kafka_bootstrap},
+        faust_topics["TIP_OUTPUT_TOPIC"],
+        PARTITIONS,
+        replication_factor=-1,
+        config={"max.message.bytes": "200"},
+    )
     _, _, published = publish(kafka_bootstrap, faust_topics["TIP_INPUT_TOPIC"], 20)
 
     result = run_faust_tip(kafka_bootstrap, faust_topics, trained_models, "--batched", max_messages=published)
 
     assert result.returncode == EXIT_UNCOMMITTED, result.stderr[-3000:]
     assert "delivery failed" in result.stderr
-    assert committed_total(kafka_bootstrap, faust_topics) == 0, "no offset may be committed past a lost prediction"
+    assert committed_total(kafka_bootstrap, faust_topics) == 0, (
+        "no offset may be committed past a lost prediction"
+    )
 
 
 def test_kill_9_mid_stream_then_restart_loses_no_ride_though_some_may_be_scored_twice(
@@ -145,8 +182,13 @@ def test_kill_9_mid_stream_then_restart_loses_no_ride_though_some_may_be_scored_
     # Static membership (KIP-345): the restarted instance takes the killed one's place at once instead of
     # waiting for its session (60 s in Faust) to expire.
     member = {"TIP_GROUP_INSTANCE_ID": "faust-tip-0", "TIP_BATCH_SIZE": "100"}
-    env = {**os.environ, **faust_topics, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "TIP_MODELS_DIR": str(trained_models), **member}
+    env = {
+        **os.environ,
+        **faust_topics,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "TIP_MODELS_DIR": str(trained_models),
+        **member,
+    }
     command = [sys.executable, "-m", "stack.faust_engine", "tip", "--batched"]
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

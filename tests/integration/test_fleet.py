@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from consumers.registry import SERVICE_NAMES as SERVICES
-from stack.fleet import ServiceProcess, running_fleet, start_service, stop_service, wait_ready
 from shared.kafka import make_producer
 from shared.serde import encode
+from stack.fleet import ServiceProcess, running_fleet, start_service, stop_service, wait_ready
 from tests.factories import ride_started
 from tests.integration.topics import drain, ridestream
 
@@ -41,8 +41,20 @@ def fleet_topics(topic_factory: Callable[..., str]) -> FleetTopics:
 
 def produce_rides(bootstrap: str, topic: str, rides: int, tmp_path: Path, *extra: str) -> dict[str, int]:
     report = tmp_path / f"produce-{uuid.uuid4().hex[:6]}.json"
-    result = ridestream("produce", "--rides", str(rides), "--topic", topic, "--progress-interval", "180",
-                        "--bootstrap-servers", bootstrap, "--report", str(report), *extra)
+    result = ridestream(
+        "produce",
+        "--rides",
+        str(rides),
+        "--topic",
+        topic,
+        "--progress-interval",
+        "180",
+        "--bootstrap-servers",
+        bootstrap,
+        "--report",
+        str(report),
+        *extra,
+    )
     assert result.returncode == 0, result.stderr
     published: dict[str, int] = json.loads(report.read_text())["published"]
     return published
@@ -63,7 +75,9 @@ def metric_value(instance: ServiceProcess, name: str, **labels: str) -> float:
     return total
 
 
-def await_metric(instance: ServiceProcess, name: str, expected: float, timeout_s: float = 10.0, **labels: str) -> float:
+def await_metric(
+    instance: ServiceProcess, name: str, expected: float, timeout_s: float = 10.0, **labels: str
+) -> float:
     """The metric once it reaches `expected` (metrics are recorded just after a batch's commit), else its last value."""
     deadline = time.monotonic() + timeout_s
     value = metric_value(instance, name, **labels)
@@ -78,11 +92,18 @@ def test_every_ride_event_gets_exactly_one_prediction_per_service(
 ) -> None:
     published = produce_rides(kafka_bootstrap, fleet_topics["tip"]["INPUT_TOPIC"], 150, tmp_path)
     started, progress = published["ride_started"], published["ride_progress"]
-    with running_fleet({s: 1 for s in SERVICES}, kafka_bootstrap, trained_models, tmp_path / "logs", fleet_topics) as fleet:
+    with running_fleet(
+        {s: 1 for s in SERVICES}, kafka_bootstrap, trained_models, tmp_path / "logs", fleet_topics
+    ) as fleet:
         wait_ready(fleet)
-        outputs = {s: read_predictions(kafka_bootstrap, fleet_topics[s]["OUTPUT_TOPIC"], n)
-                   for s, n in {"duration": started + progress, "tip": started, "cost": started}.items()}
-    versions = {name: json.loads((trained_models / f"{name}.json").read_text())["version"] for name in ("duration", "dynamic_duration", "tip", "cost")}
+        outputs = {
+            s: read_predictions(kafka_bootstrap, fleet_topics[s]["OUTPUT_TOPIC"], n)
+            for s, n in {"duration": started + progress, "tip": started, "cost": started}.items()
+        }
+    versions = {
+        name: json.loads((trained_models / f"{name}.json").read_text())["version"]
+        for name in ("duration", "dynamic_duration", "tip", "cost")
+    }
     for service in ("tip", "cost"):
         per_event = Counter(p["source_event_id"] for p in outputs[service])
         assert len(per_event) == started and set(per_event.values()) == {1}
@@ -91,7 +112,9 @@ def test_every_ride_event_gets_exactly_one_prediction_per_service(
     by_type = Counter(p["source_event_type"] for p in outputs["duration"])
     assert by_type == {"ride_started": started, "ride_progress": progress}
     assert len({p["source_event_id"] for p in outputs["duration"]}) == started + progress
-    assert {p["model_version"] for p in outputs["duration"] if p["source_event_type"] == "ride_progress"} == {versions["dynamic_duration"]}
+    assert {p["model_version"] for p in outputs["duration"] if p["source_event_type"] == "ride_progress"} == {
+        versions["dynamic_duration"]
+    }
 
 
 POISON = [
@@ -103,8 +126,15 @@ POISON = [
     b'{"event_type": "ride_teleported", "schema_version": 1}',
     b"",
 ]
-POISON_REASONS = ["undecodable", "undecodable", "schema_violation", "schema_violation",
-                  "unsupported_schema_version", "unknown_event_type", "undecodable"]
+POISON_REASONS = [
+    "undecodable",
+    "undecodable",
+    "schema_violation",
+    "schema_violation",
+    "unsupported_schema_version",
+    "unknown_event_type",
+    "undecodable",
+]
 
 
 def test_poison_goes_to_the_dead_letter_topic_once_with_its_reason_and_valid_events_are_still_scored(
@@ -117,7 +147,9 @@ def test_poison_goes_to_the_dead_letter_topic_once_with_its_reason_and_valid_eve
         producer.produce(topics["INPUT_TOPIC"], value=encode(event), key=event.ride_id.encode())
         if i % 6 == 0:
             bad = POISON[(i // 6) % len(POISON)]
-            producer.produce(topics["INPUT_TOPIC"], value=bad, key=f"poison-{i}".encode(), headers=[("trace", b"t-1")])
+            producer.produce(
+                topics["INPUT_TOPIC"], value=bad, key=f"poison-{i}".encode(), headers=[("trace", b"t-1")]
+            )
     producer.flush(10)
     sent_poison = {f"poison-{i}".encode(): POISON[(i // 6) % len(POISON)] for i in range(0, 40, 6)}
     with running_fleet({"tip": 1}, kafka_bootstrap, trained_models, tmp_path / "logs", fleet_topics) as fleet:
@@ -130,7 +162,9 @@ def test_poison_goes_to_the_dead_letter_topic_once_with_its_reason_and_valid_eve
     assert Counter(r.key for r in dead) == Counter(sent_poison.keys())  # each exactly once
     for record in dead:
         headers = dict(record.headers)
-        assert record.value == sent_poison[record.key] or (record.value is None and sent_poison[record.key] == b"")
+        assert record.value == sent_poison[record.key] or (
+            record.value is None and sent_poison[record.key] == b""
+        )
         expected_reason = POISON_REASONS[POISON.index(sent_poison[record.key])]
         assert headers["ridestream.reason"].decode() == expected_reason
         assert headers["ridestream.error"] and headers["ridestream.service"] == b"tip"
@@ -151,7 +185,9 @@ def test_two_instances_split_the_partitions_and_a_third_joining_loses_nothing(
         counts = Counter(p["source_event_id"] for p in predictions)
         assert len(counts) == first_half and set(counts.values()) == {1}, "duplicates in normal operation"
 
-        second = produce_rides(kafka_bootstrap, topics["INPUT_TOPIC"], 1500, tmp_path, "--rate", "3000", "--seed", "9")
+        second = produce_rides(
+            kafka_bootstrap, topics["INPUT_TOPIC"], 1500, tmp_path, "--rate", "3000", "--seed", "9"
+        )
         third = start_service("tip", 3, kafka_bootstrap, trained_models, tmp_path / "logs", topics)
         fleet.append(third)
         total = first_half + second["ride_started"]
@@ -186,14 +222,22 @@ def test_metrics_endpoint_counts_what_was_processed(
     topics = fleet_topics["duration"]
     published = produce_rides(kafka_bootstrap, topics["INPUT_TOPIC"], 100, tmp_path)
     scored = published["ride_started"] + published["ride_progress"]
-    with running_fleet({"duration": 1}, kafka_bootstrap, trained_models, tmp_path / "logs", fleet_topics) as fleet:
+    with running_fleet(
+        {"duration": 1}, kafka_bootstrap, trained_models, tmp_path / "logs", fleet_topics
+    ) as fleet:
         wait_ready(fleet)
         read_predictions(kafka_bootstrap, topics["OUTPUT_TOPIC"], scored)
         instance = fleet[0]
         # predictions are counted once their batch is produced: the count may trail the topic by one batch
         assert await_metric(instance, "ridestream_predictions_out_total", scored) == scored
-        assert metric_value(instance, "ridestream_events_in_total", event_type="ride_started") == published["ride_started"]
-        assert metric_value(instance, "ridestream_events_ignored_total", event_type="ride_completed") == published["ride_completed"]
+        assert (
+            metric_value(instance, "ridestream_events_in_total", event_type="ride_started")
+            == published["ride_started"]
+        )
+        assert (
+            metric_value(instance, "ridestream_events_ignored_total", event_type="ride_completed")
+            == published["ride_completed"]
+        )
         assert metric_value(instance, "ridestream_event_to_prediction_seconds_count") == scored
-        assert 'ridestream_model_info{' in urllib.request.urlopen(instance.url("/metrics")).read().decode()
+        assert "ridestream_model_info{" in urllib.request.urlopen(instance.url("/metrics")).read().decode()
         assert urllib.request.urlopen(instance.url("/healthz")).status == 200

@@ -29,18 +29,35 @@ def assert_ride_stream_is_well_formed(records: list[Record], published: dict[str
         counts[event["event_type"]] += 1
         assert record.key == event["ride_id"].encode()
         partitions[event["ride_id"]].add(record.partition)
-        assert event["event_time"] >= last_time.get(event["ride_id"], ""), "a ride's events out of event-time order"
+        assert event["event_time"] >= last_time.get(event["ride_id"], ""), (
+            "a ride's events out of event-time order"
+        )
         last_time[event["ride_id"]] = event["event_time"]
     assert dict(counts) == published
     assert all(len(p) == 1 for p in partitions.values()), "a ride's events spread over partitions"
 
 
-@pytest.mark.skipif(not DATA_DIR.is_dir(), reason="real TLC data (../shared/data) is not beside this checkout")
-def test_replaying_a_real_tlc_month_publishes_exactly_what_the_summary_reports(kafka_bootstrap: str, topic_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.skipif(
+    not DATA_DIR.is_dir(), reason="real TLC data (../shared/data) is not beside this checkout"
+)
+def test_replaying_a_real_tlc_month_publishes_exactly_what_the_summary_reports(
+    kafka_bootstrap: str, topic_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     topic = topic_factory("rides")
     report = tmp_path / "report.json"
-    result = ridestream("produce", "--data", str(DATA_DIR / "green_tripdata_2021-02.parquet"), "--topic", topic,
-                        "--progress-interval", "300", "--bootstrap-servers", kafka_bootstrap, "--report", str(report))
+    result = ridestream(
+        "produce",
+        "--data",
+        str(DATA_DIR / "green_tripdata_2021-02.parquet"),
+        "--topic",
+        topic,
+        "--progress-interval",
+        "300",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--report",
+        str(report),
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(report.read_text())
     assert summary["failed"] == 0 and summary["skipped"]["absurd_duration"] > 0
@@ -52,8 +69,18 @@ def test_replaying_a_real_tlc_month_publishes_exactly_what_the_summary_reports(k
 def test_synthetic_rides_need_no_data_files(kafka_bootstrap: str, topic_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     topic = topic_factory("rides")
     report = tmp_path / "report.json"
-    result = ridestream("produce", "--rides", "300", "--topic", topic, "--bootstrap-servers", kafka_bootstrap,
-                        "--report", str(report), env={"HOME": str(tmp_path)})
+    result = ridestream(
+        "produce",
+        "--rides",
+        "300",
+        "--topic",
+        topic,
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--report",
+        str(report),
+        env={"HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(report.read_text())
     assert summary["published"]["ride_started"] == 300 and summary["source"].startswith("synthetic")
@@ -61,13 +88,25 @@ def test_synthetic_rides_need_no_data_files(kafka_bootstrap: str, topic_factory,
     assert_ride_stream_is_well_formed(records, summary["published"])
 
 
-def test_the_producer_creates_a_missing_topic_with_the_requested_partitions(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_the_producer_creates_a_missing_topic_with_the_requested_partitions(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
     import uuid
 
     from shared.kafka import partition_count
 
     topic = f"fresh-{uuid.uuid4().hex[:8]}"
-    result = ridestream("produce", "--rides", "20", "--topic", topic, "--partitions", "3", "--bootstrap-servers", kafka_bootstrap)
+    result = ridestream(
+        "produce",
+        "--rides",
+        "20",
+        "--topic",
+        topic,
+        "--partitions",
+        "3",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+    )
     assert result.returncode == 0, result.stderr
     assert partition_count({"bootstrap.servers": kafka_bootstrap}, topic) == 3
 
@@ -80,7 +119,9 @@ def test_the_producer_creates_a_missing_topic_with_the_requested_partitions(kafk
         (["--rate", "10", "--speedup", "2"], "one pacing mode"),
     ],
 )
-def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(kafka_bootstrap: str, args: list[str], message: str) -> None:
+def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(
+    kafka_bootstrap: str, args: list[str], message: str
+) -> None:
     result = ridestream("produce", *args, "--bootstrap-servers", kafka_bootstrap)
     assert result.returncode != 0
     assert message in result.stderr
@@ -92,11 +133,22 @@ def test_an_unknown_file_layout_is_refused_clearly(kafka_bootstrap: str, tmp_pat
     odd = tmp_path / "odd.csv"
     odd.write_text("a,b,c\n1,2,3\n")
     result = ridestream("produce", "--data", str(odd), "--bootstrap-servers", kafka_bootstrap)
-    assert result.returncode == 1 and "unknown trip file layout" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 1
+        and "unknown trip file layout" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_an_unreachable_broker_is_reported_not_hung_on(tmp_path: Path) -> None:
-    result = ridestream("produce", "--rides", "5", "--bootstrap-servers", "127.0.0.1:1",
-                        env={"KAFKA_CONNECT_TIMEOUT_S": "3"}, timeout=60)
+    result = ridestream(
+        "produce",
+        "--rides",
+        "5",
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+        env={"KAFKA_CONNECT_TIMEOUT_S": "3"},
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "did not answer" in result.stderr and "Traceback" not in result.stderr

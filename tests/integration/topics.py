@@ -36,7 +36,9 @@ def drain(
     isolation: str = "read_uncommitted",
 ) -> list[Record]:
     """Everything in `topics` from the beginning: stop at `expected` records, or after `quiet_s` without any."""
-    consumer = make_consumer(client_config, f"test-reader-{uuid.uuid4().hex[:8]}", {"isolation.level": isolation})
+    consumer = make_consumer(
+        client_config, f"test-reader-{uuid.uuid4().hex[:8]}", {"isolation.level": isolation}
+    )
     consumer.subscribe(list(topics))
     records: list[Record] = []
     deadline = time.monotonic() + timeout_s
@@ -46,8 +48,17 @@ def drain(
             batch = consumer.consume(10_000, 0.5)
             for m in batch:
                 if m.error() is None:
-                    records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                          tuple(m.headers() or ()), m.timestamp()[1]))
+                    records.append(
+                        Record(
+                            m.topic(),
+                            m.partition(),
+                            m.offset(),
+                            m.key(),
+                            m.value(),
+                            tuple(m.headers() or ()),
+                            m.timestamp()[1],
+                        )
+                    )
             if batch:
                 last_seen = time.monotonic()
             if expected is not None and len(records) >= expected:
@@ -61,11 +72,18 @@ def drain(
     return records
 
 
-def ridestream(*args: str, env: Mapping[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def ridestream(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess, as a person would."""
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "stack.cli", *args], check=False, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, cwd=REPO,
+        [sys.executable, "-m", "stack.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
     )

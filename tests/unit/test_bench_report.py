@@ -8,24 +8,39 @@ from bench.consumers import markdown, max_offered_rate, rotated, round_ratios, t
 
 
 def contender(events_per_s: int, p99_at_5k: float | None = None, rss: float = 250.0) -> dict[str, Any]:
-    return {"events_per_s": events_per_s, "p99_ms": {"5000": p99_at_5k} if p99_at_5k is not None else {},
-            "peak_rss_mb": rss, "cpu_s_per_1k_events": 0.02}
+    return {
+        "events_per_s": events_per_s,
+        "p99_ms": {"5000": p99_at_5k} if p99_at_5k is not None else {},
+        "peak_rss_mb": rss,
+        "cpu_s_per_1k_events": 0.02,
+    }
 
 
 def test_each_ratio_is_the_median_of_same_round_ratios_not_a_ratio_of_medians() -> None:
-    rounds = [{"passthrough": 100.0, "ridestream-alo": 70.0}, {"passthrough": 200.0, "ridestream-alo": 60.0},
-              {"passthrough": 100.0, "ridestream-alo": 65.0}]
+    rounds = [
+        {"passthrough": 100.0, "ridestream-alo": 70.0},
+        {"passthrough": 200.0, "ridestream-alo": 60.0},
+        {"passthrough": 100.0, "ridestream-alo": 65.0},
+    ]
     assert round_ratios(rounds) == {"ridestream-alo/passthrough": 0.65}
     assert round_ratios([{"ridestream-alo": 1.0}]) == {}  # no ceiling in the run: no ratio, no crash
 
 
 def test_every_contender_leads_one_round_in_turn() -> None:
     names = ["passthrough", "ridestream-alo", "ridestream-eos"]
-    assert [rotated(names, i)[0] for i in range(4)] == ["passthrough", "ridestream-alo", "ridestream-eos", "passthrough"]
+    assert [rotated(names, i)[0] for i in range(4)] == [
+        "passthrough",
+        "ridestream-alo",
+        "ridestream-eos",
+        "passthrough",
+    ]
 
 
 def test_the_targets_table_marks_a_missed_ratio_and_a_met_latency() -> None:
-    result = {"ratios": {"ridestream-alo/passthrough": 0.25}, "contenders": {"ridestream-alo": contender(50_000, 38.0)}}
+    result = {
+        "ratios": {"ridestream-alo/passthrough": 0.25},
+        "contenders": {"ridestream-alo": contender(50_000, 38.0)},
+    }
     rows = "\n".join(targets_table(result))
     assert "| at-least-once events/s ÷ passthrough | 0.25 | ≥ 0.6 | ✗ |" in rows
     assert "| at-least-once p99 ms @ 5,000/s | 38 | ≤ 50 | ✓ |" in rows

@@ -12,13 +12,16 @@ from pydantic_settings import BaseSettings
 
 from consumers.registry import SERVICES
 from producer.settings import ProducerSettings
-from stack.cli import app
 from shared.settings import KafkaSettings
+from stack.cli import app
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
-OURS = {name: spec for name, spec in COMPOSE["services"].items() if spec.get("image", "").startswith("ridestream")}
+OURS = {
+    name: spec for name, spec in COMPOSE["services"].items() if spec.get("image", "").startswith("ridestream")
+}
 SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
-    "KAFKA_": KafkaSettings, "PRODUCER_": ProducerSettings,
+    "KAFKA_": KafkaSettings,
+    "PRODUCER_": ProducerSettings,
     **{spec.env_prefix: spec.settings_class for spec in SERVICES},
 }
 
@@ -42,7 +45,9 @@ def test_every_service_command_is_a_real_entry_point(name: str) -> None:
         assert command[1] in cli_commands(), f"{name}: `ridestream {command[1]}` is not a command"
     else:
         assert command[:2] == ["python", "-m"], f"{name}: unexpected command {command}"
-        assert importlib.util.find_spec(command[2] + ".__main__") is not None, f"{name}: no module {command[2]}"
+        assert importlib.util.find_spec(command[2] + ".__main__") is not None, (
+            f"{name}: no module {command[2]}"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(OURS))
@@ -51,11 +56,15 @@ def test_every_environment_name_is_a_field_of_a_settings_class(name: str) -> Non
         prefix = next((p for p in SETTINGS_BY_PREFIX if variable.startswith(p)), None)
         assert prefix is not None, f"{name}: {variable} belongs to no settings class"
         field = variable.removeprefix(prefix).lower()
-        assert field in SETTINGS_BY_PREFIX[prefix].model_fields, f"{name}: {variable} is not a {SETTINGS_BY_PREFIX[prefix].__name__} field"
+        assert field in SETTINGS_BY_PREFIX[prefix].model_fields, (
+            f"{name}: {variable} is not a {SETTINGS_BY_PREFIX[prefix].__name__} field"
+        )
 
 
 def test_prometheus_scrapes_the_port_the_services_listen_on() -> None:
-    prometheus = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "prometheus.yml").read_text())
+    prometheus = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "deploy" / "prometheus.yml").read_text()
+    )
     port = prometheus["scrape_configs"][0]["dns_sd_configs"][0]["port"]
     for service in ("duration", "tip", "cost"):
         assert OURS[service]["environment"][f"{service.upper()}_METRICS_PORT"] == str(port)

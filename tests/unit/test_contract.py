@@ -18,7 +18,9 @@ def test_committed_json_schema_files_match_the_models() -> None:
     assert drifted_schemas() == [], "run `ridestream schemas` and commit schemas/json/"
 
 
-@pytest.mark.parametrize("event", [ride_started(), ride_progress(), ride_completed()], ids=lambda e: e.event_type)
+@pytest.mark.parametrize(
+    "event", [ride_started(), ride_progress(), ride_completed()], ids=lambda e: e.event_type
+)
 def test_every_event_round_trips_and_validates_against_its_json_schema(event) -> None:  # type: ignore[no-untyped-def]
     payload = encode(event)
     assert decode_event(payload) == event
@@ -29,7 +31,9 @@ def test_every_event_round_trips_and_validates_against_its_json_schema(event) ->
 
 def test_timestamps_are_normalised_to_utc() -> None:
     event = RIDE_EVENT.validate_json(
-        encode(ride_started()).replace(b'"event_time":"2021-01-15T08:30:00Z"', b'"event_time":"2021-01-15T03:30:00-05:00"')
+        encode(ride_started()).replace(
+            b'"event_time":"2021-01-15T08:30:00Z"', b'"event_time":"2021-01-15T03:30:00-05:00"'
+        )
     )
     assert event.event_time.utcoffset().total_seconds() == 0
     assert event.event_time == ride_started().event_time
@@ -73,7 +77,10 @@ def test_completed_before_pickup_is_refused() -> None:
         (b'{"event_type": "ride_star', "undecodable"),
         (b"", "undecodable"),
         (b'{"event_type": "ride_teleported"}', "unknown_event_type"),
-        (encode(ride_started()).replace(b'"schema_version":1', b'"schema_version":2'), "unsupported_schema_version"),
+        (
+            encode(ride_started()).replace(b'"schema_version":1', b'"schema_version":2'),
+            "unsupported_schema_version",
+        ),
         (encode(ride_started()).replace(b'"pickup_zone":74', b'"pickup_zone":"seventy"'), "schema_violation"),
     ],
 )

@@ -28,9 +28,9 @@ from consumers.features import (
 )
 from consumers.training import sample_progress
 from producer.source import ride_events
-from schemas.events import RideProgress, RideStarted
 from producer.synthetic import synthesize_trips
 from producer.trips import read_trips
+from schemas.events import RideProgress, RideStarted
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GREEN_2021_01 = DATA_DIR / "green_tripdata_2021-01.parquet"
@@ -51,7 +51,9 @@ def sub_second_trips() -> pd.DataFrame:
 
 def tlc_trips() -> pd.DataFrame:
     if not GREEN_2021_01.is_file():
-        pytest.skip(f"real TLC data not found: {GREEN_2021_01} (the shared data folder is not beside this checkout)")
+        pytest.skip(
+            f"real TLC data not found: {GREEN_2021_01} (the shared data folder is not beside this checkout)"
+        )
     return read_trips(GREEN_2021_01).trips.sample(600, random_state=1).reset_index(drop=True)
 
 
@@ -63,10 +65,14 @@ def trips(request: pytest.FixtureRequest) -> pd.DataFrame:
 def replayed(trips: pd.DataFrame) -> tuple[list[RideStarted], list[RideProgress]]:
     """The events the producer publishes for these trips (producer.source, the real replay path)."""
     events = list(ride_events(trips, interval_s=90.0, seed=3))
-    return [e for e in events if isinstance(e, RideStarted)], [e for e in events if isinstance(e, RideProgress)]
+    return [e for e in events if isinstance(e, RideStarted)], [
+        e for e in events if isinstance(e, RideProgress)
+    ]
 
 
-def test_start_features_built_from_events_equal_those_built_from_the_trip_frame_rows(trips: pd.DataFrame) -> None:
+def test_start_features_built_from_events_equal_those_built_from_the_trip_frame_rows(
+    trips: pd.DataFrame,
+) -> None:
     started, _ = replayed(trips)
     by_ride = {event.ride_id: event for event in started}
     events_in_frame_order = [by_ride[ride_id] for ride_id in trips["ride_id"]]
@@ -78,7 +84,9 @@ def test_start_features_built_from_events_equal_those_built_from_the_trip_frame_
     np.testing.assert_array_equal(served, trained)  # exact: not one bit of training/serving skew
 
 
-def test_progress_features_built_from_events_equal_those_built_from_trip_frame_snapshots(trips: pd.DataFrame) -> None:
+def test_progress_features_built_from_events_equal_those_built_from_trip_frame_snapshots(
+    trips: pd.DataFrame,
+) -> None:
     _, progress = replayed(trips)
     row_of = {ride_id: row for row, ride_id in enumerate(trips["ride_id"])}
     rows = np.array([row_of[event.ride_id] for event in progress])
@@ -95,13 +103,21 @@ def test_progress_features_built_from_events_equal_those_built_from_trip_frame_s
 def test_training_progress_snapshots_are_progress_events_the_contract_accepts() -> None:
     trips = synthetic_trips()
     samples = sample_progress(trips, per_ride=3, seed=1)
-    for row, elapsed, covered in zip(samples.ride_rows[:300], samples.elapsed_seconds[:300], samples.distance_covered_miles[:300]):
+    for row, elapsed, covered in zip(
+        samples.ride_rows[:300], samples.elapsed_seconds[:300], samples.distance_covered_miles[:300]
+    ):
         trip = trips.iloc[row]
         pickup = trip["pickup_time"].to_pydatetime()
         RideProgress(  # raises if training learnt from a snapshot serving could never see
-            event_id=f"{trip['ride_id']}:1", ride_id=trip["ride_id"], event_time=pickup + pd.Timedelta(seconds=elapsed),
-            pickup_time=pickup, pickup_zone=trip["pickup_zone"], dropoff_zone=trip["dropoff_zone"],
-            trip_distance_miles=trip["trip_distance_miles"], elapsed_seconds=elapsed, distance_covered_miles=covered,
+            event_id=f"{trip['ride_id']}:1",
+            ride_id=trip["ride_id"],
+            event_time=pickup + pd.Timedelta(seconds=elapsed),
+            pickup_time=pickup,
+            pickup_zone=trip["pickup_zone"],
+            dropoff_zone=trip["dropoff_zone"],
+            trip_distance_miles=trip["trip_distance_miles"],
+            elapsed_seconds=elapsed,
+            distance_covered_miles=covered,
         )
     assert np.all((samples.share_elapsed >= 0) & (samples.share_elapsed < 1))
     assert np.all(samples.remaining_minutes > 0)
@@ -127,18 +143,25 @@ def test_hour_and_weekday_are_new_york_local_time(utc: str, hour: float, weekday
 
 def test_vectorized_local_time_matches_zoneinfo_row_by_row() -> None:
     rng = np.random.default_rng(0)
-    epoch = rng.uniform(datetime(2020, 1, 1, tzinfo=UTC).timestamp(), datetime(2023, 1, 1, tzinfo=UTC).timestamp(), 5000)
+    epoch = rng.uniform(
+        datetime(2020, 1, 1, tzinfo=UTC).timestamp(), datetime(2023, 1, 1, tzinfo=UTC).timestamp(), 5000
+    )
     hour, weekday = local_hour_and_weekday(epoch)
     new_york = ZoneInfo("America/New_York")
     expected = [datetime.fromtimestamp(int(s), UTC).astimezone(new_york) for s in np.floor(epoch)]
-    np.testing.assert_array_equal(np.floor(hour * 3600 + 1e-6).astype(int), [t.hour * 3600 + t.minute * 60 + t.second for t in expected])
+    np.testing.assert_array_equal(
+        np.floor(hour * 3600 + 1e-6).astype(int), [t.hour * 3600 + t.minute * 60 + t.second for t in expected]
+    )
     np.testing.assert_array_equal(weekday, [t.weekday() for t in expected])
 
 
 def test_progress_features_stay_finite_at_pickup_and_for_zero_distance() -> None:
     columns = ProgressColumns(
-        pickup_zone=np.array([1, 265]), dropoff_zone=np.array([265, 1]), trip_distance_miles=np.array([0.0, 3.0]),
-        pickup_epoch_s=np.array([1.6e9, 1.6e9]), elapsed_seconds=np.array([0.0, 0.0]),
+        pickup_zone=np.array([1, 265]),
+        dropoff_zone=np.array([265, 1]),
+        trip_distance_miles=np.array([0.0, 3.0]),
+        pickup_epoch_s=np.array([1.6e9, 1.6e9]),
+        elapsed_seconds=np.array([0.0, 0.0]),
         distance_covered_miles=np.array([0.0, 0.0]),
     )
     assert np.isfinite(progress_features(columns)).all()
@@ -153,7 +176,9 @@ def test_zone_categories_fit_every_zone_into_the_boosters_255_categories() -> No
         assert len(np.unique(encoded[:, column])) <= 255
     np.testing.assert_array_equal(encoded[:, 2], np.append(zones[:, 2], 0.5))  # other columns untouched
     # A booster with every one of the 265 zones as categories fits (it refuses more than 255 unencoded).
-    model = make_pipeline(ZoneCategories(), HistGradientBoostingRegressor(categorical_features=list(ZONE_COLUMNS), max_iter=5))
+    model = make_pipeline(
+        ZoneCategories(), HistGradientBoostingRegressor(categorical_features=list(ZONE_COLUMNS), max_iter=5)
+    )
     model.fit(zones, zones[:, 2])
 
 

@@ -16,10 +16,10 @@ from sklearn.linear_model import LinearRegression
 
 from consumers.features import PROGRESS_FEATURES, START_FEATURES, start_columns_from_trips, start_features
 from consumers.training import evaluate_models, models_present, train_models
-from shared.errors import ModelArtifactError
-from shared.models import MODEL_NAMES, artifact_path, file_sha256, load_model, metadata_path, save_model
 from producer.synthetic import synthesize_trips
 from producer.trips import read_trips
+from shared.errors import ModelArtifactError
+from shared.models import MODEL_NAMES, artifact_path, file_sha256, load_model, metadata_path, save_model
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TRAIN_FILE = DATA_DIR / "green_tripdata_2021-01.parquet"
@@ -64,7 +64,9 @@ def evaluation(trained: Trained) -> dict[str, Any]:
 
 
 @needs_tlc
-def test_initial_duration_meets_the_bar_and_beats_the_zoomcamp_baseline_by_a_wide_margin(evaluation: dict[str, Any]) -> None:
+def test_initial_duration_meets_the_bar_and_beats_the_zoomcamp_baseline_by_a_wide_margin(
+    evaluation: dict[str, Any],
+) -> None:
     duration, baseline = evaluation["models"]["duration"], evaluation["baseline"]
     assert duration["rmse"] <= DURATION_RMSE_MAX, duration
     assert duration["rmse"] < baseline["rmse"] - 1.0, (duration, baseline)
@@ -113,15 +115,23 @@ def test_training_one_month_is_quick_and_reports_one_line_per_model(trained: Tra
 
 @needs_tlc
 def test_every_artifact_carries_its_metadata(trained: Trained) -> None:
-    expected_features = {"duration": START_FEATURES, "tip": START_FEATURES, "cost": START_FEATURES,
-                         "dynamic_duration": PROGRESS_FEATURES, "baseline": ("PU_DO", "trip_distance")}
+    expected_features = {
+        "duration": START_FEATURES,
+        "tip": START_FEATURES,
+        "cost": START_FEATURES,
+        "dynamic_duration": PROGRESS_FEATURES,
+        "baseline": ("PU_DO", "trip_distance"),
+    }
     versions = set()
     for name in MODEL_NAMES:
         metadata = json.loads(metadata_path(trained.models_dir, name).read_text())
         assert metadata["name"] == name
         assert metadata["features"] == list(expected_features[name])
         assert metadata["sklearn_version"] == sklearn.__version__
-        assert metadata["training_data"]["rows"] == trained.rides and len(metadata["training_data"]["sha256"]) == 64
+        assert (
+            metadata["training_data"]["rows"] == trained.rides
+            and len(metadata["training_data"]["sha256"]) == 64
+        )
         assert metadata["trained_at"] and "validation" in metadata["metrics"]
         assert metadata["artifact_sha256"] == file_sha256(artifact_path(trained.models_dir, name))
         assert metadata["version"] == trained.report["models"][name]["version"]
@@ -138,8 +148,15 @@ def saved(tmp_path: Path) -> tuple[Path, LinearRegression, np.ndarray]:
     trips = synthesize_trips(300, seed=2).trips
     X = start_features(start_columns_from_trips(trips))
     model = LinearRegression().fit(X, trips["total_amount_usd"].to_numpy())
-    save_model(tmp_path, "cost", model, features=START_FEATURES, training_data={"sha256": "0" * 64, "rows": 300},
-               metrics={"validation": {"rmse": 1.0}}, params={"estimator": "LinearRegression"})
+    save_model(
+        tmp_path,
+        "cost",
+        model,
+        features=START_FEATURES,
+        training_data={"sha256": "0" * 64, "rows": 300},
+        metrics={"validation": {"rmse": 1.0}},
+        params={"estimator": "LinearRegression"},
+    )
     return tmp_path, model, X
 
 
@@ -148,7 +165,9 @@ def edit_metadata(models_dir: Path, name: str, **changes: Any) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
-def test_a_saved_model_loads_back_and_predicts_the_same(saved: tuple[Path, LinearRegression, np.ndarray]) -> None:
+def test_a_saved_model_loads_back_and_predicts_the_same(
+    saved: tuple[Path, LinearRegression, np.ndarray],
+) -> None:
     models_dir, model, X = saved
     loaded = load_model(models_dir, "cost", START_FEATURES)
     np.testing.assert_array_equal(loaded.model.predict(X), model.predict(X))
@@ -160,17 +179,29 @@ def test_each_save_gets_its_own_short_version(saved: tuple[Path, LinearRegressio
     models_dir, model, _ = saved
     first = load_model(models_dir, "cost", START_FEATURES).version
     later = datetime.now(UTC) + timedelta(minutes=1)  # same data and parameters, another fit
-    save_model(models_dir, "cost", model, features=START_FEATURES, training_data={"sha256": "0" * 64, "rows": 300},
-               metrics={}, params={"estimator": "LinearRegression"}, trained_at=later)
+    save_model(
+        models_dir,
+        "cost",
+        model,
+        features=START_FEATURES,
+        training_data={"sha256": "0" * 64, "rows": 300},
+        metrics={},
+        params={"estimator": "LinearRegression"},
+        trained_at=later,
+    )
     second = load_model(models_dir, "cost", START_FEATURES).version
     assert first != second and len(first) == len(second) == 12
 
 
-def test_a_missing_artifact_is_refused_naming_the_file_and_the_fix(saved: tuple[Path, LinearRegression, np.ndarray]) -> None:
+def test_a_missing_artifact_is_refused_naming_the_file_and_the_fix(
+    saved: tuple[Path, LinearRegression, np.ndarray],
+) -> None:
     models_dir, _, _ = saved
     with pytest.raises(ModelArtifactError, match="missing") as error:
         load_model(models_dir, "tip", START_FEATURES)
-    assert str(metadata_path(models_dir, "tip")) in str(error.value) and "ridestream train" in str(error.value)
+    assert str(metadata_path(models_dir, "tip")) in str(error.value) and "ridestream train" in str(
+        error.value
+    )
 
     artifact_path(models_dir, "cost").unlink()
     with pytest.raises(ModelArtifactError, match="missing") as error:
@@ -211,7 +242,9 @@ def test_an_artifact_from_another_scikit_learn_minor_release_is_refused(
     assert "ridestream train" in str(error.value)
 
 
-def test_an_artifact_expecting_other_features_is_refused(saved: tuple[Path, LinearRegression, np.ndarray]) -> None:
+def test_an_artifact_expecting_other_features_is_refused(
+    saved: tuple[Path, LinearRegression, np.ndarray],
+) -> None:
     models_dir, _, _ = saved
     with pytest.raises(ModelArtifactError, match="incompatible: it expects features"):
         load_model(models_dir, "cost", PROGRESS_FEATURES)

@@ -23,14 +23,14 @@ from consumers.features import (
     start_features,
 )
 from consumers.scoring import ScoreResult
-from consumers.tip.scorer import tip_scorer
 from consumers.tip.scorer import load_scorer as load_tip
+from consumers.tip.scorer import tip_scorer
 from consumers.training import train_models
+from producer.synthetic import synthesize_trips
 from schemas.events import RideProgress, RideStarted
 from shared.errors import ModelArtifactError
 from shared.models import artifact_path
 from shared.serde import encode
-from producer.synthetic import synthesize_trips
 from tests.factories import PICKUP, ride_progress, ride_started
 
 PRODUCED_AT = datetime(2021, 1, 15, 8, 45, tzinfo=UTC)
@@ -49,9 +49,15 @@ def version_of(models_dir: Path, name: str) -> str:
 
 def started_batch(count: int) -> list[RideStarted]:
     return [
-        ride_started(f"r-{i}", pickup_zone=1 + (i * 37) % 265, dropoff_zone=1 + (i * 91) % 265,
-                     trip_distance_miles=0.3 + (i % 40) * 0.7, payment_type=1 + i % 2,
-                     pickup_time=PICKUP + timedelta(minutes=17 * i), event_time=PICKUP + timedelta(minutes=17 * i))
+        ride_started(
+            f"r-{i}",
+            pickup_zone=1 + (i * 37) % 265,
+            dropoff_zone=1 + (i * 91) % 265,
+            trip_distance_miles=0.3 + (i % 40) * 0.7,
+            payment_type=1 + i % 2,
+            pickup_time=PICKUP + timedelta(minutes=17 * i),
+            event_time=PICKUP + timedelta(minutes=17 * i),
+        )
         for i in range(count)
     ]
 
@@ -61,7 +67,9 @@ def decoded(result: ScoreResult) -> list[Any]:
     return [prediction.decoded() for prediction in result.predictions]
 
 
-def assert_traces_its_event(prediction: object, event: RideStarted | RideProgress, model: str, version: str) -> None:
+def assert_traces_its_event(
+    prediction: object, event: RideStarted | RideProgress, model: str, version: str
+) -> None:
     assert prediction.ride_id == event.ride_id  # type: ignore[attr-defined]
     assert prediction.source_event_id == event.event_id  # type: ignore[attr-defined]
     assert prediction.source_event_type == event.event_type  # type: ignore[attr-defined]
@@ -82,7 +90,9 @@ def test_tip_scorer_predicts_once_per_ride_started_and_nothing_recorded_for_cash
         if event.payment_type == 2:
             assert prediction.predicted_tip_usd == 0.0
     assert max(p.predicted_tip_usd for p in predictions) > 0
-    assert scorer.model_version == version_of(models_dir, "tip") and scorer.scored_event_types == {"ride_started"}
+    assert scorer.model_version == version_of(models_dir, "tip") and scorer.scored_event_types == {
+        "ride_started"
+    }
 
 
 def test_cost_scorer_predicts_a_non_negative_total_per_ride_started(models_dir: Path) -> None:
@@ -101,12 +111,21 @@ def test_cost_scorer_predicts_a_non_negative_total_per_ride_started(models_dir: 
 
 def test_duration_scorer_uses_the_start_model_then_the_dynamic_model_in_event_order(models_dir: Path) -> None:
     scorer = load_duration(models_dir)
-    start_version, dynamic_version = version_of(models_dir, "duration"), version_of(models_dir, "dynamic_duration")
+    start_version, dynamic_version = (
+        version_of(models_dir, "duration"),
+        version_of(models_dir, "dynamic_duration"),
+    )
     events: list[RideStarted | RideProgress] = []
     for i in range(50):
         events.append(ride_started(f"r-{i}", trip_distance_miles=4.0))
-        events.append(ride_progress(f"r-{i}", elapsed_s=60.0 * (1 + i % 20), covered=min(4.0, 0.2 * (1 + i % 20)),
-                                    trip_distance_miles=4.0))
+        events.append(
+            ride_progress(
+                f"r-{i}",
+                elapsed_s=60.0 * (1 + i % 20),
+                covered=min(4.0, 0.2 * (1 + i % 20)),
+                trip_distance_miles=4.0,
+            )
+        )
     result = scorer.score(events, PRODUCED_AT)
 
     assert result.failures == [] and len(result.predictions) == len(events)
@@ -120,7 +139,8 @@ def test_duration_scorer_uses_the_start_model_then_the_dynamic_model_in_event_or
             assert prediction.elapsed_seconds == event.elapsed_seconds
             assert prediction.predicted_remaining_minutes >= 0
             assert prediction.predicted_duration_minutes == pytest.approx(
-                event.elapsed_seconds / 60 + prediction.predicted_remaining_minutes)
+                event.elapsed_seconds / 60 + prediction.predicted_remaining_minutes
+            )
     assert scorer.model_name == "duration+dynamic_duration"
     assert scorer.model_version == f"{start_version}+{dynamic_version}"
 
@@ -149,7 +169,9 @@ def exploding_model(features: np.ndarray, miles_column: int) -> TransformedTarge
     """A real scikit-learn model that overflows to infinity on a far-out ride: log-target regression whose
     log grows 8 per mile, so beyond ~89 miles exp() is inf."""
     target = np.exp(8.0 * features[:, miles_column])
-    model = TransformedTargetRegressor(regressor=LinearRegression(), func=np.log, inverse_func=np.exp, check_inverse=False)
+    model = TransformedTargetRegressor(
+        regressor=LinearRegression(), func=np.log, inverse_func=np.exp, check_inverse=False
+    )
     return model.fit(features, target)
 
 
@@ -159,21 +181,28 @@ def test_a_row_the_model_cannot_score_is_a_failure_and_the_rest_of_the_batch_is_
     trips = trips[trips["trip_distance_miles"] < 60].reset_index(drop=True)
     start_model = exploding_model(start_features(start_columns_from_trips(trips)), miles_column=2)
     rows = np.arange(len(trips))
-    progress_X = progress_features(progress_columns_from_trips(trips, rows, np.full(len(trips), 60.0), np.zeros(len(trips))))
+    progress_X = progress_features(
+        progress_columns_from_trips(trips, rows, np.full(len(trips), 60.0), np.zeros(len(trips)))
+    )
     progress_model = exploding_model(progress_X, miles_column=2)
 
     far = ride_started("far", trip_distance_miles=150.0)
     near = [ride_started(f"near-{i}", trip_distance_miles=1.0 + i) for i in range(3)]
     far_progress = ride_progress("far", elapsed_s=600.0, covered=10.0, trip_distance_miles=150.0)
-    for scorer in (tip_scorer(start_model, "v1"), cost_scorer(start_model, "v1"),
-                   TripDurationScorer(start_model, "v1", progress_model, "v2")):
+    for scorer in (
+        tip_scorer(start_model, "v1"),
+        cost_scorer(start_model, "v1"),
+        TripDurationScorer(start_model, "v1", progress_model, "v2"),
+    ):
         batch = [near[0], far, near[1], far_progress, near[2]]
         result = scorer.score(batch, PRODUCED_AT)
         scored = [p.ride_id for p in result.predictions]
         assert scored == [e.ride_id for e in near], type(scorer).__name__
         failed = [batch[position] for position, _ in result.failures]
         assert far in failed
-        assert all("inf" in reason or "nan" in reason or "not scored" in reason for _, reason in result.failures)
+        assert all(
+            "inf" in reason or "nan" in reason or "not scored" in reason for _, reason in result.failures
+        )
     assert len(result.failures) == 2  # the duration scorer scores both event types: both far rows fail
 
 
@@ -194,7 +223,9 @@ def test_every_prediction_a_scorer_encodes_is_what_the_contract_model_would_writ
     from producer.source import ride_events
     from producer.synthetic import synthesize_trips
 
-    events = [e for e in ride_events(synthesize_trips(200, seed=9).trips, 120.0) if e.event_type != "ride_completed"]
+    events = [
+        e for e in ride_events(synthesize_trips(200, seed=9).trips, 120.0) if e.event_type != "ride_completed"
+    ]
     produced_at = datetime.now(UTC)
     for scorer in (load_duration(models_dir), load_tip(models_dir), load_cost(models_dir)):
         scored = [e for e in events if e.event_type in scorer.scored_event_types]

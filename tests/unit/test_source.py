@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from producer.source import Pacer, count_events, ride_events
-from schemas.ride_path import simulate_progress
 from producer.synthetic import synthesize_trips
 from producer.trips import TRIP_COLUMNS, read_trips, skip_reasons
+from schemas.ride_path import simulate_progress
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="real TLC data (../shared/data) is not beside this checkout")
+needs_data = pytest.mark.skipif(
+    not DATA_DIR.is_dir(), reason="real TLC data (../shared/data) is not beside this checkout"
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
