@@ -5,12 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all faults bench bench-producer schemas broker-jars clean
+.PHONY: install lint run test test-all faults bench bench-producer schemas broker-jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,faust,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,faust,bench,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,11 +23,18 @@ broker-jars: install
 run: broker-jars
 	$(BIN)/ridestream demo $(ARGS)
 
-# The CI test suite (everything but the long fault loops and benchmarks).
-test: broker-jars
+# The house stays in order: the layers (import-linter contracts in pyproject.toml), types, lint.
+lint: install
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/ruff check .
+
+# The CI test suite: the checks above, then every test but the ones marked slow (own broker clusters,
+# long fault loops); `make test-all` runs those too.
+test: lint broker-jars
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-test-all: broker-jars
+test-all: lint broker-jars
 	$(BIN)/python -m pytest $(ARGS)
 
 # The full fault-injection suite (long): prints a table, writes results/faults.json.

@@ -11,12 +11,12 @@ Each contender is a separate OS process scoring the same ride events from the sa
 
 Measured per contender: sustained events/s draining a backlog (first to last output timestamp), p50/p95/p99
 event→output latency at fixed offered rates and at "max", 90% of the contender's own drain rate (input
-CreateTime to the moment a downstream reader sees the output), CPU seconds per 1k events while outputs flowed (all threads of the process, start-up excluded) and
-peak RSS. A 2-core machine's absolute numbers drift by 2x between runs
-(the broker, the reader and the contender share the cores), so the passthrough and ridestream contenders
-drain the backlog in `--rounds` interleaved rounds, each round in a rotated order: a round's ratio compares
-runs seconds apart, and the reported ratio is the median of the rounds' ratios (every round is kept in the
-JSON). The peers, 10-100x slower, drain once. Writes JSON, a markdown table and a PNG plot; README's
+CreateTime to the moment a downstream reader sees the output), CPU seconds per 1k events while outputs flowed
+(all threads of the process, start-up excluded) and peak RSS. A 2-core machine's absolute numbers drift by 2x
+between runs (the broker, the reader and the contender share the cores), so the passthrough and ridestream
+contenders drain the backlog in `--rounds` interleaved rounds, each round in a rotated order: a round's ratio
+compares runs seconds apart, and the reported ratio is the median of the rounds' ratios (every round is kept
+in the JSON). The peers, 10-100x slower, drain once. Writes JSON, a markdown table and a PNG plot; README's
 performance section is generated from them.
 """
 
@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,7 @@ from shared.kafka import (
     make_producer,
     produce_with_backoff,
 )
+from shared.protocols import MessageProducer
 from shared.serde import encode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +206,7 @@ def fill_topic(
     topic: str,
     events: list[tuple[bytes, bytes]],
     rate: float | None = None,
-    producer: Any = None,
+    producer: MessageProducer | None = None,
 ) -> None:
     """Publish `events`, as fast as possible or at `rate` events/s. Pass a warm `producer` when timing
     matters: a new one spends its first few hundred ms finding the cluster and its producer id, and every
@@ -389,7 +390,10 @@ def measure_latency(
         fill_topic(
             bootstrap, source, warmup, producer=producer
         )  # readiness: the contender answered real input
-        alive = lambda: process.poll() is None
+
+        def alive() -> bool:
+            return process.poll() is None
+
         output_timestamps(
             bootstrap, target, expected_outputs(contender.name, warmup), contender.isolation, 120, alive
         )
@@ -452,7 +456,7 @@ def rotated(names: list[str], round_index: int) -> list[str]:
     return names[shift:] + names[:shift]
 
 
-def round_ratios(rounds: list[Mapping[str, float]]) -> dict[str, float]:
+def round_ratios(rounds: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Per contender, the median over rounds of its events/s divided by the same round's passthrough."""
     paired = [r for r in rounds if "passthrough" in r]
     names = sorted({name for r in paired for name in r if name != "passthrough"})
@@ -465,7 +469,7 @@ def round_ratios(rounds: list[Mapping[str, float]]) -> dict[str, float]:
 
 
 def ratios(
-    contenders: Mapping[str, Mapping[str, Any]], rounds: list[Mapping[str, float]] | None = None
+    contenders: Mapping[str, Mapping[str, Any]], rounds: Sequence[Mapping[str, float]] | None = None
 ) -> dict[str, float]:
     rate = {name: float(c["events_per_s"]) for name, c in contenders.items()}
     out: dict[str, float] = round_ratios(rounds) if rounds else {}
@@ -594,7 +598,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         lines += [
             "",
             (
-                f"Memory over {soak['events']:,} events ({soak['contender']}): RSS {soak['rss_mb_second_tenth']} MB "
+                f"Memory over {soak['events']:,} events ({soak['contender']}): "
+                f"RSS {soak['rss_mb_second_tenth']} MB "
                 f"in the second tenth of the run, {soak['rss_mb_last_tenth']} MB in the last: "
                 f"{soak['growth'] * 100:+.1f}%."
             ),

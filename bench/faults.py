@@ -31,7 +31,7 @@ from typing import Any
 
 from producer.source import ride_events
 from producer.synthetic import synthesize_trips
-from shared.kafka import ensure_topic, make_consumer, make_producer, produce_with_backoff
+from shared.kafka import Message, ensure_topic, make_consumer, make_producer, produce_with_backoff
 from shared.serde import encode
 from stack.broker import LocalKafka
 from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
@@ -165,9 +165,9 @@ class Fleet:
                 with self.lock:
                     exited = [i for i, p in self.instances.items() if p.process.poll() is not None]
                     for index in exited:
+                        code = self.instances[index].process.returncode
                         print(
-                            f"supervisor: {SERVICE}-{index} exited with {self.instances[index].process.returncode}; "
-                            "restarting",
+                            f"supervisor: {SERVICE}-{index} exited with {code}; restarting",
                             flush=True,
                         )
                         self.restarts += 1
@@ -185,7 +185,8 @@ class Fleet:
 
 @dataclass
 class Scenario:
-    """What the fault function gets: the fleet, the cluster (when the scenario owns it) and a clock of faults."""
+    """What the fault function gets: the fleet, the cluster (when the scenario owns it) and a clock of
+    faults."""
 
     fleet: Fleet
     cluster: LocalKafka | None
@@ -443,6 +444,14 @@ def run_adversarial(
     return row, dead.reasons, dead.keys
 
 
+def header_text(message: Message, name: str, default: str = "?") -> str:
+    """A header's value as text (`default` when absent); the client types values as str, bytes or None."""
+    value = dict(message.headers() or []).get(name)
+    if value is None:
+        return default
+    return value if isinstance(value, str) else value.decode()
+
+
 class DeadLetterReader(Verifier):
     """Counts dead letters by key and by reason header."""
 
@@ -457,9 +466,7 @@ class DeadLetterReader(Verifier):
                 for message in self.consumer.consume(5000, 0.2):
                     if message.error() is None:
                         self.keys[message.key() or b""] += 1
-                        self.reasons[
-                            dict(message.headers() or []).get("ridestream.reason", b"?").decode()
-                        ] += 1
+                        self.reasons[header_text(message, "ridestream.reason")] += 1
                         self.arrivals.append(time.monotonic())
         finally:
             self.consumer.close()

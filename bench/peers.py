@@ -1,4 +1,5 @@
-"""What a peer framework's contender runs per record: the very decisions of ridestream's runner, one record at a time.
+"""What a peer framework's contender runs per record: the very decisions of ridestream's runner, one record
+at a time.
 
 A peer (Quix Streams, bench/quix_contender.py) hands over a record's value, key and headers plus where it came
 from; `score_record` answers with the one record to produce, or None for an event this service does not
@@ -26,7 +27,8 @@ PeerRecord = InputRecord
 
 @dataclass(frozen=True, slots=True)
 class PeerOutput:
-    """One record to produce: a prediction (keyed by ride_id) or a dead letter (the input, with reason headers)."""
+    """One record to produce: a prediction (keyed by ride_id) or a dead letter (the input, with reason
+    headers)."""
 
     kind: Literal["prediction", "dead_letter"]
     key: bytes | None

@@ -87,7 +87,8 @@ def main() -> None:
                 }
             )
             print(
-                f"round {round_index + 1}: raw {raw:,.0f} ev/s, ridestream {ours:,.0f} ev/s, ratio {ours / raw:.2f}"
+                f"round {round_index + 1}: raw {raw:,.0f} ev/s, ridestream {ours:,.0f} ev/s, "
+                f"ratio {ours / raw:.2f}"
             )
     best = max(rounds, key=lambda r: r["ridestream_events_per_s"])
     result = {

@@ -156,7 +156,7 @@ def quix_command(
     ], {}
 
 
-# ---- the contender (runs in the Quix venv) ------------------------------------------------------------------
+# ---- the contender (runs in the Quix venv) ----------------------------------------------------------------
 
 
 def build_app(
@@ -169,8 +169,9 @@ def build_app(
     from bench.peers import PeerOutput, PeerRecord, score_record
     from consumers.duration.scorer import load_scorer
 
-    class OutcomeValue(Serializer):
-        """The bytes a PeerOutput carries (already encoded by shared.serde.encode, or the dead letter's input)."""
+    class OutcomeValue(Serializer):  # type: ignore[misc]  # quixstreams lives in .venv-quix: Any here
+        """The bytes a PeerOutput carries (already encoded by shared.serde.encode, or the dead letter's
+        input)."""
 
         def __call__(self, value: PeerOutput, ctx: SerializationContext) -> bytes | None:
             return value.value

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.consumers import encoded_events, service_batch_size, train_bench_models
 from bench.peers import PeerRecord
@@ -47,7 +47,10 @@ def best_seconds(work: Callable[[], Any], repeats: int) -> float:
     return best
 
 
-def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+T = TypeVar("T")
+
+
+def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -128,8 +131,8 @@ def stage_costs(
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         (
-            f"Per input event, micro-batches of {result['batch_size']:,} ({result['events']:,} synthetic events, "
-            f"best of {result['repeats']}):"
+            f"Per input event, micro-batches of {result['batch_size']:,} "
+            f"({result['events']:,} synthetic events, best of {result['repeats']}):"
         ),
         "",
         "| stage | µs per event |",

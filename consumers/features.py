@@ -1,8 +1,8 @@
 """Model features: one code path for training (trip frames) and serving (validated ride events).
 
-    trip frame rows ──► *_columns_from_trips ──┐
-                                                ├──► StartColumns / ProgressColumns ──► start_features /
-    ride events     ──► *_columns_from_events ──┘                                        progress_features ──► X
+  trip frame rows ──► *_columns_from_trips ──┐
+                                              ├──► StartColumns / ProgressColumns ──► start_features /
+  ride events     ──► *_columns_from_events ──┘                                        progress_features ──► X
 
 The two adapters only gather raw fields into numpy columns; every derived value (local hour, remaining
 distance, pace so far) is computed once, by `start_features` / `progress_features`, from those columns. So a
@@ -265,7 +265,7 @@ def baseline_dicts(
 # ------------------------------------------------------------------------------------- fitted encoding
 
 
-class ZoneCategories(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class ZoneCategories(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # untyped bases (no stubs)
     """Zone ids (1..265) → category codes HistGradientBoostingRegressor accepts (at most 255 per feature).
 
     Each zone column keeps its `max_categories - 1` most frequent zones as their own category; the rare

@@ -77,7 +77,10 @@ def check_labels(contract: type[Prediction], model_name: str, model_version: str
     """The encoder stamps these on every prediction without validating them: check them against the contract
     once, when the scorer is built (a pydantic ValidationError names the field)."""
     for name, value in (("model_name", model_name), ("model_version", model_version)):
-        TypeAdapter(Annotated[str, contract.model_fields[name]]).validate_python(value)
+        # Named first, the Annotated form is an alias of str to mypy, which refuses it inline as TypeAdapter's
+        # argument (typed TypeForm[T], read as type[T]); pydantic takes either.
+        field_type = Annotated[str, contract.model_fields[name]]
+        TypeAdapter(field_type).validate_python(value)
 
 
 def encode_prediction(
@@ -152,7 +155,8 @@ def tip_where_recorded(predicted_tip: np.ndarray, payment_type: np.ndarray) -> n
 
 
 def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -> list[tuple[int, str]]:
-    """Events a scorer was handed but does not score (the runner filters them; this keeps the scorer total)."""
+    """Events a scorer was handed but does not score (the runner filters them; this keeps the
+    scorer total)."""
     return [
         (
             position,

@@ -6,6 +6,7 @@ CLI libraries or the operator's stack, so a scoring process loads only what it r
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,12 +18,15 @@ from shared.settings import KafkaSettings
 
 
 def serve(
-    spec: ServiceSpec, overrides: Mapping[str, Any] | None = None, kafka: KafkaSettings | None = None
+    spec: ServiceSpec,
+    overrides: Mapping[str, Any] | None = None,
+    kafka: KafkaSettings | None = None,
+    stop: threading.Event | None = None,
 ) -> RunStats:
-    """`overrides` are CLI flags that beat the environment."""
+    """`overrides` are CLI flags that beat the environment. Without `stop`, SIGTERM/SIGINT stop the run."""
     settings = spec.settings(overrides)
     scorer = spec.load_scorer(settings.models_dir)
-    return run_service(settings, kafka or KafkaSettings(), scorer)
+    return run_service(settings, kafka or KafkaSettings(), scorer, stop)
 
 
 def main(name: str) -> None:

@@ -79,10 +79,10 @@ PROGRESS_BUCKETS: tuple[tuple[float, float], ...] = ((0.0, 0.25), (0.25, 0.5), (
 MIN_TRAINING_ROWS = 50
 
 BOOSTER_DEFAULTS: dict[str, Any] = {"early_stopping": False, "random_state": 0}
-# Predict cost is ~0.9 ms per call plus ~7 µs per tree, paid on every micro-batch: 60 trees at learning rate 0.2
-# predict 60 rows in 1.5 ms instead of 300 trees at 0.1 in 3.2 ms, for RMSE 5.25 instead of 5.18 on green
-# 2021-02 (results/steps/duration-params-sweep.md: 36 settings; 40 trees saved 0.1 ms more and came within
-# 0.02 of the 5.3 line).
+# Predict cost is ~0.9 ms per call plus ~7 µs per tree, paid on every micro-batch: 60 trees at learning
+# rate 0.2 predict 60 rows in 1.5 ms instead of 300 trees at 0.1 in 3.2 ms, for RMSE 5.25 instead of 5.18 on
+# green 2021-02 (results/steps/duration-params-sweep.md: 36 settings; 40 trees saved 0.1 ms more and came
+# within 0.02 of the 5.3 line).
 DURATION_PARAMS: dict[str, Any] = {
     "loss": "squared_error",
     "max_iter": 60,
@@ -172,11 +172,13 @@ def zoomcamp_rides(trips: pd.DataFrame) -> pd.DataFrame:
 
 
 def card_rides(trips: pd.DataFrame) -> pd.DataFrame:
-    return trips.loc[trips["payment_type"].to_numpy() == CARD_PAYMENT].reset_index(drop=True)
+    card: np.ndarray = trips["payment_type"].to_numpy() == CARD_PAYMENT
+    return trips.loc[card].reset_index(drop=True)
 
 
 def holdout_split(trips: pd.DataFrame, share: float = HOLDOUT_SHARE) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(earliest 1 - share, latest share) of the rides by pickup time: validation looks forward, as serving does."""
+    """(earliest 1 - share, latest share) of the rides by pickup time: validation looks forward,
+    as serving does."""
     ordered = trips.sort_values("pickup_time", kind="stable").reset_index(drop=True)
     cut = round(len(ordered) * (1.0 - share))
     return ordered.iloc[:cut].reset_index(drop=True), ordered.iloc[cut:].reset_index(drop=True)
@@ -328,7 +330,9 @@ def measure_dynamic(model: Any, trips: pd.DataFrame) -> dict[str, Any]:
         **error_metrics(samples.remaining_minutes, left),
         "by_progress": by_progress,
         "target": "minutes left (= error of elapsed + predicted left, the total)",
-        "rides": f"1..60 min (zoomcamp), {EVALUATION_SAMPLES_PER_RIDE} snapshots per ride, seed {EVALUATION_SEED}",
+        "rides": (
+            f"1..60 min (zoomcamp), {EVALUATION_SAMPLES_PER_RIDE} snapshots per ride, seed {EVALUATION_SEED}"
+        ),
     }
 
 
@@ -431,8 +435,9 @@ def fit(recipe: Recipe, trips: pd.DataFrame) -> Any:
     data = recipe.fit_data(trips)
     if len(data.y) < MIN_TRAINING_ROWS:
         raise DataSourceError(
-            f"too few rides to train {recipe.name!r}: {len(data.y)} usable rows, at least {MIN_TRAINING_ROWS} "
-            f"needed ({recipe.notes.get('train_rides', 'all')} rides); give more or other trip data"
+            f"too few rides to train {recipe.name!r}: {len(data.y)} usable rows, "
+            f"at least {MIN_TRAINING_ROWS} needed ({recipe.notes.get('train_rides', 'all')} rides); "
+            "give more or other trip data"
         )
     model = recipe.build()
     if data.weight is None:
@@ -513,6 +518,7 @@ def evaluate_models(trips: pd.DataFrame, models_dir: Path) -> dict[str, Any]:
         "rides": len(trips),
         "models": measured,
         "baseline": baseline,
-        "notes": "duration, dynamic_duration and baseline are measured on rides of 1..60 min (the MLOps-zoomcamp "
-        "filter); dynamic_duration's error is of the minutes left, which equals the error of the total",
+        "notes": "duration, dynamic_duration and baseline are measured on rides of 1..60 min "
+        "(the MLOps-zoomcamp filter); dynamic_duration's error is of the minutes left, "
+        "which equals the error of the total",
     }

@@ -1,10 +1,11 @@
 """Derive the synthetic generator's calibration from real TLC trip files.
 
-    python -m producer.calibrate ../shared/data/green_tripdata_2021-01.parquet ../shared/data/green_tripdata_2021-02.parquet
+    python -m producer.calibrate ../shared/data/green_tripdata_2021-01.parquet \\
+        ../shared/data/green_tripdata_2021-02.parquet
 
-Writes `producer/calibration.json`: the statistics `producer/synthetic.py` draws from (zone pairs, distance per
-pair, pickup hour and weekday, speed by hour and distance, payment and tipping, codes). Only aggregates are
-kept, no ride, so the file is small and can ship with the package while the TLC files themselves do not.
+Writes `producer/calibration.json`: the statistics `producer/synthetic.py` draws from (zone pairs, distance
+per pair, pickup hour and weekday, speed by hour and distance, payment and tipping, codes). Only aggregates
+are kept, no ride, so the file is small and can ship with the package while the TLC files themselves do not.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ TIP_SHARE_QUANTILES = np.linspace(0.0, 1.0, 41)
 def shares(values: pd.Series) -> dict[str, float]:
     """Value → share of rows, keys as strings (JSON objects)."""
     counts = values.value_counts(normalize=True).sort_index()
-    return {str(int(key)): round(float(share), 6) for key, share in counts.items()}
+    return {str(int(key)): round(float(share), 6) for key, share in zip(counts.index, counts)}
 
 
 def pair_statistics(trips: pd.DataFrame) -> dict[str, Any]:
@@ -44,13 +45,11 @@ def pair_statistics(trips: pd.DataFrame) -> dict[str, Any]:
             [
                 int(pu),
                 int(do),
-                int(row["count"]),
-                round(float(row["mu"]), 4),
-                round(
-                    float(row["sigma"]) if row["count"] > 5 and np.isfinite(row["sigma"]) else global_sigma, 4
-                ),
+                int(count),
+                round(float(mu), 4),
+                round(float(sigma) if count > 5 and np.isfinite(sigma) else global_sigma, 4),
             ]
-            for (pu, do), row in top.iterrows()
+            for (pu, do), count, mu, sigma in zip(top.index, top["count"], top["mu"], top["sigma"])
         ],
         "top_pair_share": round(float(top["count"].sum() / stats["count"].sum()), 6),
         "global_log_distance_mu": round(float(log_distance.median()), 4),

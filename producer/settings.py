@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.topics import RIDE_EVENTS_TOPIC
+
+if TYPE_CHECKING:  # for annotations only: producer.source pulls in numpy and pandas
+    from producer.source import PacingMode
 
 DEFAULT_SYNTHETIC_RIDES = 2000
 
@@ -39,7 +42,7 @@ class ProducerSettings(BaseSettings):
         return self
 
     @property
-    def pacing_mode(self) -> str:
+    def pacing_mode(self) -> PacingMode:
         if self.rate is not None:
             return "rate"
         if self.speedup is not None:

@@ -12,9 +12,10 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypedDict, cast
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from schemas.events import RideCompleted, RideProgress, RideStarted
@@ -25,6 +26,25 @@ PacingMode = Literal["max", "rate", "event_time"]
 
 # Event kinds in the merged timeline; ride_started sorts before anything at the same instant of its ride.
 STARTED, PROGRESS, COMPLETED = 0, 1, 2
+
+
+class TripRow(TypedDict):
+    """One row of a trip frame (`producer.trips.TRIP_COLUMNS`) as plain Python values."""
+
+    ride_id: str
+    pickup_time: datetime
+    dropoff_time: datetime
+    pickup_zone: int
+    dropoff_zone: int
+    trip_distance_miles: float
+    passenger_count: int
+    payment_type: int
+    vendor_id: int
+    rate_code: int
+    trip_type: int
+    fare_amount_usd: float
+    tip_amount_usd: float
+    total_amount_usd: float
 
 
 def progress_counts(trips: pd.DataFrame, interval_s: float) -> np.ndarray:
@@ -84,7 +104,7 @@ def ride_events(trips: pd.DataFrame, interval_s: float = 60.0, seed: int = 42) -
     timeline = build_timeline(trips, interval_s)
     rows = trip_rows(trips)
     rng = np.random.default_rng(seed)
-    paths: dict[int, np.ndarray] = {}
+    paths: dict[int, npt.NDArray[np.float64]] = {}
     for index, kind, sequence, offset in zip(
         timeline.trip.tolist(), timeline.kind.tolist(), timeline.sequence.tolist(), timeline.offset_s.tolist()
     ):
@@ -99,27 +119,28 @@ def ride_events(trips: pd.DataFrame, interval_s: float = 60.0, seed: int = 42) -
             yield completed_event(row, sequence)
 
 
-def trip_rows(trips: pd.DataFrame) -> list[dict[str, object]]:
+def trip_rows(trips: pd.DataFrame) -> list[TripRow]:
     """Trip rows as plain Python values: building events from pandas scalars costs more than the events."""
     columns = {name: trips[name].tolist() for name in trips.columns}
     for name in ("pickup_time", "dropoff_time"):
         columns[name] = list(trips[name].dt.to_pydatetime())
-    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+    # The keys and value types are the trip frame's columns and dtypes, which mypy cannot see through pandas.
+    return [cast(TripRow, dict(zip(columns, values))) for values in zip(*columns.values())]
 
 
-def ride_path(row: dict[str, object], interval_s: float, rng: np.random.Generator) -> np.ndarray:
+def ride_path(row: TripRow, interval_s: float, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     """Miles covered at each progress event of one ride."""
-    seconds = (row["dropoff_time"] - row["pickup_time"]).total_seconds()  # type: ignore[operator]
+    seconds = (row["dropoff_time"] - row["pickup_time"]).total_seconds()
     return covered_distance(
         progress_times(seconds, interval_s), seconds, float(row["trip_distance_miles"]), rng
-    )  # type: ignore[arg-type]
+    )
 
 
-def event_id(row: dict[str, object], sequence: int) -> str:
+def event_id(row: TripRow, sequence: int) -> str:
     return f"{row['ride_id']}:{sequence}"
 
 
-def started_event(row: dict[str, object]) -> RideStarted:
+def started_event(row: TripRow) -> RideStarted:
     return RideStarted(
         event_id=event_id(row, 0),
         ride_id=row["ride_id"],
@@ -136,13 +157,11 @@ def started_event(row: dict[str, object]) -> RideStarted:
     )
 
 
-def progress_event(
-    row: dict[str, object], sequence: int, elapsed_s: float, covered_miles: float
-) -> RideProgress:
+def progress_event(row: TripRow, sequence: int, elapsed_s: float, covered_miles: float) -> RideProgress:
     return RideProgress(
         event_id=event_id(row, sequence),
         ride_id=row["ride_id"],
-        event_time=row["pickup_time"] + timedelta(seconds=elapsed_s),  # type: ignore[operator]
+        event_time=row["pickup_time"] + timedelta(seconds=elapsed_s),
         pickup_time=row["pickup_time"],
         pickup_zone=row["pickup_zone"],
         dropoff_zone=row["dropoff_zone"],
@@ -152,8 +171,8 @@ def progress_event(
     )
 
 
-def completed_event(row: dict[str, object], sequence: int) -> RideCompleted:
-    minutes = (row["dropoff_time"] - row["pickup_time"]).total_seconds() / 60  # type: ignore[operator]
+def completed_event(row: TripRow, sequence: int) -> RideCompleted:
+    minutes = (row["dropoff_time"] - row["pickup_time"]).total_seconds() / 60
     return RideCompleted(
         event_id=event_id(row, sequence),
         ride_id=row["ride_id"],

@@ -1,10 +1,10 @@
 """Synthetic NYC taxi rides, calibrated to TLC statistics: the default ride source.
 
 A machine without the TLC files still replays, trains and tests on rides that look like real ones. The
-statistics come from `producer/calibration.json` (made by `python -m producer.calibrate` from green 2021-01/02);
-the money follows the NYC metered-fare rules. Output is a trip frame (`producer.trips.TRIP_COLUMNS`), the same
-shape the TLC reader produces, so everything downstream treats both sources alike. Seeded: the same seed gives
-the same rides.
+statistics come from `producer/calibration.json` (made by `python -m producer.calibrate` from green
+2021-01/02); the money follows the NYC metered-fare rules. Output is a trip frame
+(`producer.trips.TRIP_COLUMNS`), the same shape the TLC reader produces, so everything downstream treats both
+sources alike. Seeded: the same seed gives the same rides.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from producer.trips import TLC_TIMEZONE, TRIP_COLUMNS, TripFrame
@@ -49,7 +50,7 @@ def load_calibration(path: Path = CALIBRATION_PATH) -> dict[str, Any]:
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
-def local_pickup_time(pickup_utc: pd.Series) -> pd.Series:
+def local_pickup_time(pickup_utc: pd.Series[pd.Timestamp]) -> pd.Series[pd.Timestamp]:
     """Pickup times in New York local time: traffic, surcharges and demand follow the local clock."""
     return pickup_utc.dt.tz_convert(TLC_TIMEZONE)
 
@@ -95,8 +96,11 @@ def draw_zone_pairs_and_distance(
 
 
 def draw_minutes(
-    rng: np.random.Generator, miles: np.ndarray, local_hour: np.ndarray, calibration: dict[str, Any]
-) -> np.ndarray:
+    rng: np.random.Generator,
+    miles: npt.NDArray[np.float64],
+    local_hour: np.ndarray,
+    calibration: dict[str, Any],
+) -> npt.NDArray[np.float64]:
     """Ride minutes from a speed that depends on the hour (traffic) and the distance (faster roads)."""
     speed = calibration["speed"]
     log_mph = (
@@ -104,7 +108,7 @@ def draw_minutes(
         + speed["log_distance_elasticity"] * np.log(miles)
         + rng.normal(0.0, speed["residual_sigma"], miles.size)
     )
-    mph = np.clip(np.exp(log_mph), MIN_MPH, MAX_MPH)
+    mph: npt.NDArray[np.float64] = np.clip(np.exp(log_mph), MIN_MPH, MAX_MPH)
     return np.clip(miles / mph * 60.0, MIN_MINUTES, MAX_MINUTES)
 
 

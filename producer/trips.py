@@ -121,8 +121,8 @@ def detect_layout(columns: pd.Index) -> Layout:
     if {"pickup", "dropoff", "pickup_zone", "distance"} <= names:
         return "seaborn"
     raise DataSourceError(
-        "unknown trip file layout: expected TLC green (lpep_*), yellow (tpep_*) or seaborn taxis.csv columns, "
-        f"found {sorted(names)[:8]}"
+        "unknown trip file layout: expected TLC green (lpep_*), yellow (tpep_*) or seaborn taxis.csv "
+        f"columns, found {sorted(names)[:8]}"
     )
 
 

@@ -9,6 +9,7 @@ this one function, so the dynamic-duration model learns from the same kind of pr
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 # Speed is drawn per segment of this many seconds of ride time: roughly a city block or a light cycle.
 SEGMENT_S = 30.0
@@ -18,15 +19,15 @@ STOP_PROBABILITY = 0.12
 STOPPED_SPEED_FACTOR = 0.05
 
 
-def progress_times(duration_s: float, interval_s: float) -> np.ndarray:
+def progress_times(duration_s: float, interval_s: float) -> npt.NDArray[np.float64]:
     """Elapsed seconds of each progress event: every `interval_s`, strictly before the dropoff."""
     count = max(0, int(np.ceil(duration_s / interval_s)) - 1)
     return np.arange(1, count + 1, dtype=float) * interval_s
 
 
 def covered_distance(
-    elapsed_s: np.ndarray, duration_s: float, distance_miles: float, rng: np.random.Generator
-) -> np.ndarray:
+    elapsed_s: npt.NDArray[np.float64], duration_s: float, distance_miles: float, rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
     """Miles covered at each of `elapsed_s`, on a variable-speed path from 0 at pickup to the full distance
     at `duration_s`. Monotone non-decreasing."""
     segments = max(1, int(np.ceil(duration_s / SEGMENT_S)))
@@ -34,13 +35,13 @@ def covered_distance(
     speeds[rng.random(segments) < STOP_PROBABILITY] *= STOPPED_SPEED_FACTOR
     edges = np.linspace(0.0, duration_s, segments + 1)
     cumulative = np.concatenate(([0.0], np.cumsum(speeds)))
-    share = np.interp(elapsed_s, edges, cumulative / cumulative[-1])
+    share: npt.NDArray[np.float64] = np.interp(elapsed_s, edges, cumulative / cumulative[-1])
     return np.round(share * distance_miles, 4)
 
 
 def simulate_progress(
     duration_s: float, distance_miles: float, interval_s: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(elapsed seconds, miles covered) of every progress event of one ride."""
     elapsed = progress_times(duration_s, interval_s)
     return elapsed, covered_distance(elapsed, duration_s, distance_miles, rng)

@@ -22,8 +22,8 @@ class DeadLetter:
 
 def dead_letter_for(record: InputRecord, reason: str, detail: str, service: str) -> DeadLetter:
     """The dead-letter record for `record`, refused by `service` for `reason`."""
-    original = [(name, value or b"") for name, value in (record.headers or [])]
-    ours = [
+    original: Headers = [(name, value or b"") for name, value in (record.headers or [])]
+    ours: Headers = [
         (REASON_HEADER, reason.encode()),
         ("ridestream.error", detail.encode("utf-8", "replace")[:2000]),
         ("ridestream.service", service.encode()),

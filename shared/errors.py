@@ -5,7 +5,7 @@
     ├── BrokerError                 the local Apache Kafka broker could not be fetched or started
     │   └── JavaNotFoundError       no suitable JDK on PATH / JAVA_HOME
     ├── KafkaUnavailableError       the configured bootstrap servers did not answer in time
-    ├── DeliveryError               the broker refused or lost a produced record; the run must not commit past it
+    ├── DeliveryError               the broker refused or lost a produced record; never committed past
     ├── DataSourceError             a TLC file that cannot be read or has an unknown layout
     └── ModelArtifactError          a model artifact that is missing, corrupt or incompatible
 

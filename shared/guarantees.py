@@ -279,7 +279,7 @@ class AtLeastOnce(IntervalCommitter):
             raise DeliveryError(f"{self.service}: {problem}; offsets not committed")
         positions = self.pending.positions()
         try:
-            self.consumer.commit(positions, asynchronous=False)
+            self.consumer.commit(positions)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() not in LOST_OWNERSHIP:
@@ -295,8 +295,8 @@ class AtLeastOnce(IntervalCommitter):
         return True
 
     def abandon(self) -> None:
-        """The run failed (an undelivered output, a fatal error, a bug): commit nothing more, not even from the
-        revoke that leaving the group triggers; what was processed since the last commit is consumed again
+        """The run failed (an undelivered output, a fatal error, a bug): commit nothing more, not even from
+        the revoke that leaving the group triggers; what was processed since the last commit is consumed again
         after the restart. No flush either: after a delivery failure it would only wait out its timeout."""
         self.abandoned = True
         self.pending.clear()
@@ -338,7 +338,8 @@ class ExactlyOnce(IntervalCommitter):
         The flush comes first because delivery callbacks run only while the client is polled. An undelivered
         record aborts the transaction and raises DeliveryError (nothing of it is visible, the offsets stay
         where they were). An abortable broker error aborts and rewinds every partition the transaction read
-        to the first offset it consumed, so the batches are processed again in a new transaction; a fatal one (fenced: a newer instance has
+        to the first offset it consumed, so the batches are processed again in a new transaction; a fatal
+        one (fenced: a newer instance has
         our transactional.id) propagates and ends the process. True when the transaction committed.
         """
         if self.abandoned:

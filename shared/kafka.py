@@ -21,7 +21,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # stub lacks __all__
 
 from shared.errors import KafkaUnavailableError
 from shared.protocols import DeliveryCallback, MessageProducer
@@ -73,7 +73,7 @@ def produce_with_backoff(
 
 
 def _admin(client_config: Mapping[str, str]) -> AdminClient:
-    # Short-lived admin clients log an info line ("Purging unserved events") when dropped; warnings still show.
+    # Short-lived admin clients log an info line ("Purging unserved events") when dropped; warnings show.
     return AdminClient({"log_level": 4, **client_config})
 
 
@@ -108,7 +108,8 @@ def wait_for_cluster(client_config: Mapping[str, str], timeout_s: float, expecte
             last_error = str(exc.args[0]) if exc.args else str(exc)
         time.sleep(0.2)  # back-off between retries of a failed request, not a readiness guess
     raise KafkaUnavailableError(
-        f"Kafka at {client_config.get('bootstrap.servers')} did not answer within {timeout_s:.0f}s ({last_error})"
+        f"Kafka at {client_config.get('bootstrap.servers')} did not answer within {timeout_s:.0f}s "
+        f"({last_error})"
     )
 
 
@@ -181,7 +182,8 @@ def make_consumer(
         "queued.max.messages.kbytes": 2048,
         # ...but a full prefetch queue then parks the partition's fetcher for fetch.queue.backoff.ms, 1 s by
         # default: the consumer drained its 2 MB and waited. 10 ms re-checks the queue as fast as it drains
-        # (the benchmark's passthrough drained 43k events/s with the default, `git show 940d8e6:results/bench.json`).
+        # (the benchmark's passthrough drained 43k events/s with the default:
+        # `git show 940d8e6:results/bench.json`).
         "fetch.queue.backoff.ms": 10,
         "socket.nagle.disable": True,
     }
@@ -200,6 +202,7 @@ def records_of(messages: Sequence[Message]) -> list[InputRecord]:
                 raise KafkaException(error)
             log.warning("consumer error (will retry): %s", error)
             continue
+        headers = message.headers()
         records.append(
             InputRecord(
                 message.topic() or "",
@@ -207,7 +210,7 @@ def records_of(messages: Sequence[Message]) -> list[InputRecord]:
                 message.offset() or 0,
                 message.key(),
                 message.value(),
-                message.headers(),
+                list(headers.items()) if isinstance(headers, dict) else headers,
                 message.timestamp()[1],
             )
         )
@@ -228,8 +231,8 @@ class KafkaRecordConsumer:
     ) -> None:
         self.client.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
 
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool = False) -> Any:
-        return self.client.commit(offsets=offsets, asynchronous=asynchronous)
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        self.client.commit(offsets=offsets, asynchronous=False)
 
     def assignment(self) -> list[TopicPartition]:
         return list(self.client.assignment())
@@ -238,14 +241,10 @@ class KafkaRecordConsumer:
         return list(self.client.position(partitions))
 
     def get_watermark_offsets(
-        self, partition: TopicPartition, timeout: float | None = None, cached: bool = False
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
     ) -> tuple[int, int] | None:
-        marks = (
-            self.client.get_watermark_offsets(partition, timeout, cached)
-            if timeout is not None
-            else (self.client.get_watermark_offsets(partition, cached=cached))
-        )
-        return None if marks is None else (int(marks[0]), int(marks[1]))
+        marks: tuple[int, int] | None = self.client.get_watermark_offsets(partition, timeout, cached)
+        return marks
 
     def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
         return list(self.client.committed(partitions, timeout))

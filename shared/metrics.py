@@ -35,7 +35,8 @@ class ServiceMetrics:
         )
         self.predictions_out = Counter(
             "ridestream_predictions_out",
-            "Predictions produced and made durable (counted when the commit covering them succeeds, so an aborted and replayed exactly-once transaction counts once)",
+            "Predictions produced and made durable (counted when the commit covering them succeeds, so an "
+            "aborted and replayed exactly-once transaction counts once)",
             ["service"],
             registry=r,
         )

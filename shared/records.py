@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Headers = list[tuple[str, bytes]]
+# As confluent-kafka types them (a header value may be text or absent), so that our records can be produced.
+Headers = list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)

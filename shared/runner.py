@@ -95,7 +95,7 @@ class BatchPlan:
 
     def event_types(self) -> Counter[str]:
         """Inputs by event type, refused ones as "invalid"."""
-        counts = Counter(decoded.event.event_type for decoded in self.to_score)
+        counts: Counter[str] = Counter(decoded.event.event_type for decoded in self.to_score)
         counts.update(self.ignored)
         if self.undecoded:
             counts["invalid"] += self.undecoded
@@ -331,7 +331,8 @@ class ServiceRunner:
 
     def close(self, clean: bool = True) -> None:
         """Leave the group. A clean stop first makes everything processed durable (commits its offsets, or the
-        open transaction); a failed run abandons it instead, so nothing half-done is committed on the way out."""
+        open transaction); a failed run abandons it instead, so nothing half-done is committed on the way
+        out."""
         try:
             if clean:
                 self.committer.close()

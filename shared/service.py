@@ -92,8 +92,8 @@ class ServiceSettings(BaseSettings):
         default=COMMIT_INTERVAL_S,
         gt=0,
         le=60,
-        description="or after this long (at_least_once: what a crash can replay; exactly_once: how long outputs "
-        "stay invisible to read_committed readers)",
+        description="or after this long (at_least_once: what a crash can replay; exactly_once: how long "
+        "outputs stay invisible to read_committed readers)",
     )
 
     @property

@@ -45,7 +45,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Self
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type information
+import psutil
 
 from shared.errors import BrokerError, JavaNotFoundError, KafkaUnavailableError
 from shared.kafka import wait_for_cluster
@@ -175,7 +175,8 @@ def ensure_kafka_jars(progress: Progress = _to_stderr) -> Path:
         if marker.is_file() and libs.is_dir():
             return libs  # another process fetched them while we waited for the lock
         progress(
-            f"fetching Apache Kafka {KAFKA_VERSION} broker jars from Maven Central into {libs} (first use only)"
+            f"fetching Apache Kafka {KAFKA_VERSION} broker jars from Maven Central into {libs} "
+            "(first use only)"
         )
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="fetch-", dir=home) as staging:
@@ -479,6 +480,9 @@ class LocalKafka:
         self._remove_data_dir = remove_data_dir
         self._libs: Path | None = None
         self._java: str | None = None
+        # False only for a cluster `start`ed without `detach` (its JVMs die with this process); one adopted
+        # from its state file counts as detached.
+        self._detached = True
         self.owner_pid = os.getpid()
         self.bootstrap_servers: str = ",".join(node.address for node in nodes)
 
@@ -651,11 +655,12 @@ class LocalKafka:
             raise BrokerError("formatting the Kafka storage failed:\n" + "\n".join(failures))
 
     def _launch(self, node: _Node) -> None:
-        """Start the node's JVM in its own session, output to files (never to our pipes: it may outlive us)."""
+        """Start the node's JVM in its own session, output to files (never to our pipes:
+        it may outlive us)."""
         command = self._java_command(
             node, JVM_OPTIONS, "kafka.Kafka", str(node.directory / "server.properties")
         )
-        if not getattr(self, "_detached", True):
+        if not self._detached:
             command = _die_with_parent(command)
         with node.jvm_out_path.open("ab") as out:
             popen = subprocess.Popen(

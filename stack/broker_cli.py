@@ -1,7 +1,8 @@
 """`ridestream broker up | status | down | fetch`: a local Apache Kafka broker that outlives the command.
 
-`up` prints only the bootstrap address on stdout, so scripts can do `export KAFKA_BOOTSTRAP_SERVERS=$(ridestream
-broker up)`; everything meant for a person goes to stderr. Failures are BrokerError lines (see stack/cli.py).
+`up` prints only the bootstrap address on stdout, so scripts can do
+`export KAFKA_BOOTSTRAP_SERVERS=$(ridestream broker up)`; everything meant for a person goes to stderr.
+Failures are BrokerError lines (see stack/cli.py).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def up(
         kafka.stop()
         raise BrokerError(f"cannot record the broker in {state_path()}: {exc}") from None
     _note(
-        f"ready in {time.monotonic() - started:.1f}s: {_describe(kafka)}; stop it with `ridestream broker down`"
+        f"ready in {time.monotonic() - started:.1f}s: {_describe(kafka)}; "
+        "stop it with `ridestream broker down`"
     )
     print(kafka.bootstrap_servers)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from consumers.serve import serve
 from shared.errors import RidestreamError
 from shared.lifecycle import run_guarded
 from shared.runner import DEFAULT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from shared.settings import KafkaSettings
 
 app = typer.Typer(
     name="ridestream",
@@ -48,6 +51,16 @@ def _register_broker() -> None:
 _register_broker()
 
 
+def _kafka_settings(bootstrap_servers: str | None) -> KafkaSettings:
+    """An explicit --bootstrap-servers beats KAFKA_BOOTSTRAP_SERVERS; without one, the environment (or the
+    default) decides."""
+    from shared.settings import KafkaSettings
+
+    if bootstrap_servers:
+        return KafkaSettings(bootstrap_servers=bootstrap_servers)
+    return KafkaSettings()
+
+
 @app.command()
 def produce(
     data: Annotated[
@@ -71,9 +84,9 @@ def produce(
     from producer.run import produce as run_produce
     from producer.run import summary_json, summary_table
     from producer.settings import ProducerSettings
-    from shared.settings import KafkaSettings
 
-    flags = {
+    # Flags left out (None) keep the environment's or the default value; pydantic validates the rest.
+    flags: dict[str, Any] = {
         "data": data or None,
         "rides": rides,
         "rate": rate,
@@ -84,7 +97,7 @@ def produce(
         "seed": seed,
     }
     settings = ProducerSettings(**{k: v for k, v in flags.items() if v is not None})
-    kafka = KafkaSettings(**({"bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}))
+    kafka = _kafka_settings(bootstrap_servers)
     console = Console(stderr=True)
     outcome = run_produce(settings, kafka, console)
     Console().print(summary_table(outcome, settings.topic))
@@ -139,9 +152,8 @@ def train(
         console.print(f"models already in {models}; nothing to do")
         return
     frame = read_many(list(data)) if data else synthesize_trips(rides, seed=1)
-    console.print(
-        f"training on {len(frame.trips):,} rides ({'files' if data else 'synthetic'}); skipped {dict(frame.skipped)}"
-    )
+    source = "files" if data else "synthetic"
+    console.print(f"training on {len(frame.trips):,} rides ({source}); skipped {dict(frame.skipped)}")
     metrics = train_models(frame.trips, models, progress=console.print)
     Console().print_json(data=metrics)
 
@@ -214,6 +226,7 @@ class Engine(str, enum.Enum):
 
 
 # The registry's services as the command line's choices (typer takes an Enum; the registry is the one list).
+# Its members are built at run time, which mypy's Enum() support cannot follow (hence the narrow ignore).
 Service = enum.Enum("Service", {name: name for name in SERVICE_NAMES}, type=str)  # type: ignore[misc]
 
 
@@ -256,11 +269,9 @@ def consume(
     ] = None,
     engine: Annotated[
         Engine, typer.Option(help="confluent (default) or Faust agents per event / batched (docs/faust.md)")
-    ] = "confluent",  # type: ignore[assignment]
+    ] = Engine.confluent,
 ) -> None:
     """Run one scoring service: consume ride events, publish predictions, dead-letter bad input."""
-    from shared.settings import KafkaSettings
-
     flags = {
         "models_dir": models,
         "group_id": group,
@@ -272,7 +283,7 @@ def consume(
         "processing_guarantee": processing_guarantee.value if processing_guarantee else None,
         "instance_name": instance_name,
     }
-    kafka = KafkaSettings(**({"bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}))
+    kafka = _kafka_settings(bootstrap_servers)
     overrides = {k: v for k, v in flags.items() if v is not None}
     spec = service_spec(service.value)
     if engine == Engine.confluent:

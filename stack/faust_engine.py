@@ -142,11 +142,21 @@ def _exit_on_failed_delivery(future: asyncio.Future[Any]) -> None:
         _exit_uncommitted(f"delivery failed: {future.exception()!r}")
 
 
+def faust_headers(headers: Headers | None) -> list[tuple[str, bytes]] | None:
+    """The runtime's headers as Faust sends them, every value bytes: text UTF-8 encoded, an absent value
+    empty (as dead letters already carry one). Records consumed through Faust carry bytes already."""
+    if headers is None:
+        return None
+    return [(name, value.encode() if isinstance(value, str) else value or b"") for name, value in headers]
+
+
 async def _send_all(outputs: Sequence[Output], topics: Mapping[str, TopicT]) -> list[asyncio.Future[Any]]:
     """Hand every output to Faust's producer (no wait for delivery); watch each delivery."""
     futures: list[asyncio.Future[Any]] = []
     for output in outputs:
-        sent = await topics[output.topic].send(key=output.key, value=output.value, headers=output.headers)
+        sent = await topics[output.topic].send(
+            key=output.key, value=output.value, headers=faust_headers(output.headers)
+        )
         future = asyncio.ensure_future(sent)
         future.add_done_callback(_exit_on_failed_delivery)
         futures.append(future)

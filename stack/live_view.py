@@ -98,9 +98,9 @@ class FleetView:
             cells = []
             for service, unit in (("duration", " min"), ("tip", " $"), ("cost", " $")):
                 guess, real = predicted.get(service), actual[service]
-                cells.append(
-                    f"{'—' if guess is None else f'{guess:.1f}'} / {'—' if real is None else f'{real:.1f}'}{unit}"
-                )
+                guessed = "—" if guess is None else f"{guess:.1f}"
+                recorded = "—" if real is None else f"{real:.1f}"
+                cells.append(f"{guessed} / {recorded}{unit}")
             rows.append((ride_id, *cells))
         return rows
 
@@ -161,7 +161,8 @@ class FleetWatcher:
                 value = json.loads(message.value() or b"")
             except ValueError:
                 continue
-            service = self.topics.get(message.topic())
+            topic = message.topic()
+            service = None if topic is None else self.topics.get(topic)
             timestamp = message.timestamp()[1]
             if service is None:
                 self.view.on_event(value, timestamp)

@@ -17,7 +17,8 @@ MODEL_NAME = "cost"
 def non_negative_total(predicted_total: np.ndarray, _columns: StartColumns) -> np.ndarray:
     """The ride's total_amount (fare, surcharges, tolls and the recorded tip), never below 0. np.maximum
     keeps NaN, so a broken row is still reported rather than clipped to 0."""
-    return np.maximum(predicted_total, 0.0)
+    total: np.ndarray = np.maximum(predicted_total, 0.0)
+    return total
 
 
 def cost_scorer(model: Predictor, model_version: str) -> StartScorer:

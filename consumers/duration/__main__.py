@@ -1,4 +1,5 @@
-"""`python -m consumers.duration`: the dynamic-duration service, configured by environment only (DURATION_*, KAFKA_*)."""
+"""`python -m consumers.duration`: the dynamic-duration service, configured by environment only
+(DURATION_*, KAFKA_*)."""
 
 from consumers.serve import main
 

@@ -1,4 +1,5 @@
-"""The local Apache Kafka broker (stack/broker.py): the detached CLI, a 3-node cluster surviving a killed node,
+"""The local Apache Kafka broker (stack/broker.py): the detached CLI, a 3-node cluster surviving a killed
+node,
 and the one-line errors a person gets when Java, Maven or the broker itself is missing or broken."""
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def test_broker_up_status_down_through_the_cli(tmp_path: Path, monkeypatch: pyte
     assert (after.returncode, after.stdout.strip()) == (1, "not running")
 
 
+@pytest.mark.slow  # three broker JVMs of its own: `make test-all`
 def test_a_three_node_cluster_keeps_taking_acks_all_writes_while_one_node_is_killed() -> None:
     with LocalKafka.start(nodes=3) as kafka:
         config = {"bootstrap.servers": kafka.bootstrap_servers}

@@ -34,6 +34,7 @@ def test_instances_killed_with_sigkill_under_load_lose_nothing(
         assert row.duplicates == 0, row
 
 
+@pytest.mark.slow  # a broker of its own, bounced: `make test-all` and `make faults`
 def test_a_single_broker_bounce_mid_stream_loses_nothing_and_processing_resumes(
     trained_models: Path, tmp_path: Path
 ) -> None:

@@ -1,6 +1,7 @@
 """The Faust engine end to end: `python -m stack.faust_engine tip` as a real process on the real broker.
 
-Same contract, scorer and dead letters as the default engine, so the assertions are the default engine's: every
+Same contract, scorer and dead letters as the default engine, so the assertions are the default engine's:
+every
 valid ride_started gets exactly one prediction keyed by its ride_id, every poison record is dead-lettered once
 with its reason, and the group's committed offsets cover everything consumed. A failed delivery must end the
 process without committing (docs/faust.md explains why Faust on its own would commit past it).
@@ -54,7 +55,7 @@ def faust_topics(topic_factory: Callable[..., str]) -> Topics:
 
 
 def publish(bootstrap: str, topic: str, rides: int) -> tuple[list[str], dict[bytes, bytes | None], int]:
-    """ride_started + a few ride_progress (not scored by tip) + poison, lz4-compressed like the real publisher."""
+    """ride_started + a few ride_progress (not scored by tip) + poison, lz4-compressed like the publisher."""
     producer = make_producer({"bootstrap.servers": bootstrap})
     ride_ids = [f"faust-{i}" for i in range(rides)]
     total = 0

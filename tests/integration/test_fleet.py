@@ -78,7 +78,8 @@ def metric_value(instance: ServiceProcess, name: str, **labels: str) -> float:
 def await_metric(
     instance: ServiceProcess, name: str, expected: float, timeout_s: float = 10.0, **labels: str
 ) -> float:
-    """The metric once it reaches `expected` (metrics are recorded just after a batch's commit), else its last value."""
+    """The metric once it reaches `expected` (outputs are counted when their commit succeeds), else its
+    last value."""
     deadline = time.monotonic() + timeout_s
     value = metric_value(instance, name, **labels)
     while value != expected and time.monotonic() < deadline:

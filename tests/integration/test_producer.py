@@ -19,7 +19,8 @@ SCHEMAS = {
 
 
 def assert_ride_stream_is_well_formed(records: list[Record], published: dict[str, int]) -> None:
-    """Counts per type equal the summary; every value valid; key == ride_id; a ride on one partition, in order."""
+    """Counts per type equal the summary; every value valid; key == ride_id; a ride on one partition, in
+    order."""
     counts: Counter[str] = Counter()
     partitions: dict[str, set[int]] = defaultdict(set)
     last_time: dict[str, str] = {}

@@ -35,7 +35,8 @@ def drain(
     timeout_s: float = 120.0,
     isolation: str = "read_uncommitted",
 ) -> list[Record]:
-    """Everything in `topics` from the beginning: stop at `expected` records, or after `quiet_s` without any."""
+    """Everything in `topics` from the beginning: stop at `expected` records, or after `quiet_s` without
+    any."""
     consumer = make_consumer(
         client_config, f"test-reader-{uuid.uuid4().hex[:8]}", {"isolation.level": isolation}
     )
