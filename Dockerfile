@@ -6,5 +6,6 @@ COPY schemas schemas
 COPY shared shared
 COPY producer producer
 COPY consumers consumers
+COPY stack stack
 RUN pip install --no-cache-dir .
 ENTRYPOINT []
