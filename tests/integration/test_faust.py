@@ -1,4 +1,5 @@
-"""The Faust engine end to end: `python -m stack.faust_engine tip` as a real process on the real broker.
+"""The Faust engine end to end: `python -m stack.faust_engine tip` (and its old name `python -m
+shared.faust_engine`, which scripts use) as a real process on the real broker.
 
 Same contract, scorer and dead letters as the default engine, so the assertions are the default engine's:
 every
@@ -190,7 +191,7 @@ def test_kill_9_mid_stream_then_restart_loses_no_ride_though_some_may_be_scored_
         "TIP_MODELS_DIR": str(trained_models),
         **member,
     }
-    command = [sys.executable, "-m", "stack.faust_engine", "tip", "--batched"]
+    command = [sys.executable, "-m", "shared.faust_engine", "tip", "--batched"]
     first = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         drain(client, [faust_topics["TIP_OUTPUT_TOPIC"]], expected=300, timeout_s=120)  # mid-stream
