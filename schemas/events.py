@@ -99,9 +99,7 @@ class RideCompleted(_RideEvent):
 
 
 RideEvent = Annotated[RideStarted | RideProgress | RideCompleted, Field(discriminator="event_type")]
-# pydantic types the argument as TypeForm[T] (PEP 747), which mypy reads as type[T] unless its incomplete
-# TypeForm feature is enabled, so an Annotated union is refused though pydantic accepts it.
-RIDE_EVENT = TypeAdapter[RideStarted | RideProgress | RideCompleted](RideEvent)  # type: ignore[arg-type]
+RIDE_EVENT = TypeAdapter[RideStarted | RideProgress | RideCompleted](RideEvent)
 EVENT_TYPES: tuple[str, ...] = ("ride_started", "ride_progress", "ride_completed")
 
 __all__ = [
