@@ -1,6 +1,12 @@
 # One image for every ridestream process; docker-compose.yml picks the command.
-FROM python:3.11-slim
+# Users keep the official Python base; on machines without an image registry `python -m stack.docker up`
+# builds this on a locally made Debian base (BASE_IMAGE=ridestream/python:3.11-bookworm).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 WORKDIR /app
+# A virtualenv: Debian's own Python refuses system-wide pip installs (PEP 668); the slim image is fine with it.
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
 COPY schemas schemas
 COPY shared shared

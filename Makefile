@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint run test test-all faults bench bench-producer schemas broker-jars clean
+.PHONY: install lint run test test-all test-docker docker-up docker-down faults bench bench-producer schemas broker-jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,22 @@ lint: install
 # The CI test suite: the checks above, then every test but the ones marked slow (own broker clusters,
 # long fault loops); `make test-all` runs those too.
 test: lint broker-jars
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not docker" $(ARGS)
 
 test-all: lint broker-jars
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m "not docker" $(ARGS)
+
+# The Docker path (Debian's docker.io, debootstrap, docker-compose and kcat; installed when missing and
+# root): a dockerd of the project's own, the locally made images, then the integration tests against a
+# containerized broker and the compose smoke test. The engine it started is stopped at the end.
+test-docker: broker-jars
+	BIN=$(BIN) bash .ci/test-docker $(ARGS)
+
+docker-up: broker-jars
+	$(BIN)/python -m stack.docker up
+
+docker-down: install
+	$(BIN)/python -m stack.docker down
 
 # The full fault-injection suite (long): prints a table, writes results/faults.json.
 faults: broker-jars

@@ -16,14 +16,38 @@ from shared.kafka import ensure_topic
 from stack.broker import LocalKafka
 from tests.containers import docker_engine_answers, docker_kafka
 
+BROKER_CHOICES = ("explicit", "container", "local")
+
+
+def broker_choice() -> str:
+    """Which broker this session uses, by the preference order (see the module docstring)."""
+    wanted = os.environ.get("RIDESTREAM_TEST_BROKER", "").strip().lower()
+    if wanted and wanted not in BROKER_CHOICES[1:]:
+        raise pytest.UsageError(f"RIDESTREAM_TEST_BROKER={wanted!r}: use 'container' or 'local'")
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and not wanted:
+        return "explicit"
+    if wanted:
+        return wanted
+    return "container" if docker_engine_answers() else "local"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    choice = broker_choice()
+    detail = {
+        "explicit": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", ""),
+        "container": "testcontainers",
+        "local": "a local JVM from the Maven Central jars",
+    }[choice]
+    return f"kafka broker: {choice} ({detail})"
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of the session's broker."""
-    explicit = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if explicit:
-        yield explicit
-    elif docker_engine_answers():
+    choice = broker_choice()
+    if choice == "explicit":
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    elif choice == "container":
         with docker_kafka() as bootstrap:
             yield bootstrap
     else:
