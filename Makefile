@@ -41,7 +41,7 @@ test-all: lint broker-jars
 # root): a dockerd of the project's own, the locally made images, then the integration tests against a
 # containerized broker and the compose smoke test. The engine it started is stopped at the end.
 test-docker: broker-jars
-	BIN=$(BIN) bash .ci/test-docker $(ARGS)
+	BIN=$(BIN) bash .ci/test-docker $(TEST_DOCKER_FLAGS) $(ARGS)
 
 docker-up: broker-jars
 	$(BIN)/python -m stack.docker up

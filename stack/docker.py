@@ -14,6 +14,8 @@ Builds use host networking to reach the package registries. Every image is built
 only checks that the images exist (`ensure_images`); `--rebuild` makes them again.
 
     python -m stack.docker up        start (or find) the engine, make the images; prints DOCKER_HOST
+    python -m stack.docker engine    start (or find) the engine only
+    python -m stack.docker status    {"host": ...} of the engine that answers, or null
     python -m stack.docker down      stop the engine this project started
 """
 
@@ -295,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stack.docker", description=(__doc__ or "").splitlines()[0]
     )
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "engine", "down", "status"])
     parser.add_argument("--rebuild", action="store_true", help="make every image again")
     args = parser.parse_args(argv)
 
@@ -312,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         engine = start_engine(detach=True)
         note(f"engine: {engine.host} ({'started' if engine.owned else 'already running'})")
-        ensure_images(engine.host, rebuild=args.rebuild, progress=note)
+        if args.command == "up":
+            ensure_images(engine.host, rebuild=args.rebuild, progress=note)
         print(engine.host)
     except RidestreamError as error:
         print(f"ridestream: error: {error}", file=sys.stderr)
