@@ -22,6 +22,7 @@ from shared.guarantees import (
     COMMIT_MAX_MESSAGES,
     AtLeastOnce,
     ExactlyOnce,
+    IntervalCommitter,
     ProcessingGuarantee,
 )
 from shared.kafka import ensure_topic, make_producer, make_record_consumer, wait_for_cluster
@@ -153,24 +154,14 @@ def run_service(
         producer_overrides["transactional.id"] = settings.transactional_id
     producer = make_producer(client_config, producer_overrides)
     config = settings.runner_config()
-    committer = (
-        ExactlyOnce(
-            consumer,
-            producer,
-            settings.service,
-            config.flush_timeout_s,
-            settings.commit_max_messages,
-            settings.commit_interval_s,
-        )
-        if exactly_once
-        else AtLeastOnce(
-            consumer,
-            producer,
-            settings.service,
-            config.flush_timeout_s,
-            settings.commit_max_messages,
-            settings.commit_interval_s,
-        )
+    guarantee: type[IntervalCommitter] = ExactlyOnce if exactly_once else AtLeastOnce
+    committer = guarantee(
+        consumer,
+        producer,
+        settings.service,
+        config.flush_timeout_s,
+        settings.commit_max_messages,
+        settings.commit_interval_s,
     )
     metrics = ServiceMetrics(settings.service)
     if settings.metrics_port is not None:
