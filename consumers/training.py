@@ -25,6 +25,8 @@ reader has already dropped zero-distance and impossible-speed rows, which a line
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +56,16 @@ from consumers.features import (
 from consumers.scoring import openmp_threads, tip_where_recorded
 from schemas.ride_path import covered_distance
 from shared.errors import DataSourceError
-from shared.models import MODEL_NAMES, artifacts_present, fingerprint_frame, load_model, save_model
+from shared.models import (
+    MODEL_NAMES,
+    ArtifactMetadata,
+    artifact_path,
+    artifacts_present,
+    fingerprint_frame,
+    metadata_path,
+    save_model,
+)
+from shared.registry import ModelRegistry, load_serving_model
 
 Progress = Callable[[str], None]
 
@@ -456,17 +467,36 @@ def rounded(metrics: dict[str, Any], digits: int = 4) -> dict[str, Any]:
     }
 
 
-def train_models(trips: pd.DataFrame, models_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Fit, validate and save every model (duration, dynamic_duration, tip, cost, baseline).
+def train_models(
+    trips: pd.DataFrame, models_dir: Path, progress: Progress | None = None, promote: bool = False
+) -> dict[str, Any]:
+    """Fit, validate and save every model (duration, dynamic_duration, tip, cost, baseline), and register
+    each as a new version in the registry at `models_dir` (shared/registry.py).
 
-    Returns what was learnt as a JSON-able dict: per model its version, validation metrics (fit on the
-    earliest 80% of rides, measured on the latest 20%) and fit seconds. `progress` gets one line per model.
+    The newest fit's files are also left in `models_dir` itself (what a directory without a registry
+    serves); with a registry, what serves is each model's `champion`: the first version of an empty
+    registry, later ones only with `promote`. Returns what was learnt as a JSON-able dict: per model its
+    version, registry version, validation metrics (fit on the earliest 80% of rides, measured on the
+    latest 20%) and fit seconds. `progress` gets one line per model.
     """
     with openmp_threads():
-        return train_all(trips, Path(models_dir), progress or (lambda _line: None))
+        return train_all(trips, Path(models_dir), progress or (lambda _line: None), promote)
 
 
-def train_all(trips: pd.DataFrame, models_dir: Path, report: Progress) -> dict[str, Any]:
+def register_trained(
+    registry: ModelRegistry, models_dir: Path, metadata: ArtifactMetadata, promote: bool
+) -> str:
+    """Register the files just saved in `models_dir` as a new version of their model."""
+    with tempfile.TemporaryDirectory(prefix=f"ridestream-register-{metadata.name}-") as staging:
+        for path in (artifact_path(models_dir, metadata.name), metadata_path(models_dir, metadata.name)):
+            shutil.copy2(path, Path(staging) / path.name)
+        return registry.register(Path(staging), metadata, promote=promote)
+
+
+def train_all(
+    trips: pd.DataFrame, models_dir: Path, report: Progress, promote: bool = False
+) -> dict[str, Any]:
+    registry = ModelRegistry(models_dir)
     started = time.monotonic()
     fit_part, holdout = holdout_split(trips)
     fingerprint = fingerprint_frame(trips)
@@ -488,8 +518,14 @@ def train_all(trips: pd.DataFrame, models_dir: Path, report: Progress) -> dict[s
             metrics={"validation": validation},
             params=params,
         )
+        registered = register_trained(registry, models_dir, metadata, promote)
         seconds = round(time.monotonic() - began, 2)
-        results[recipe.name] = {"version": metadata.version, "seconds": seconds, "validation": validation}
+        results[recipe.name] = {
+            "version": metadata.version,
+            "registry_version": registered,
+            "seconds": seconds,
+            "validation": validation,
+        }
         report(
             f"fitted {recipe.name} in {seconds:.1f}s (validation rmse {validation['rmse']:.3f}, "
             f"mae {validation['mae']:.3f})"
@@ -507,7 +543,7 @@ def evaluate_models(trips: pd.DataFrame, models_dir: Path) -> dict[str, Any]:
     """RMSE and MAE of every saved model on `trips`, and of the zoomcamp baseline beside them."""
     measured: dict[str, Any] = {}
     for recipe in RECIPES:
-        loaded = load_model(Path(models_dir), recipe.name, recipe.features)
+        loaded = load_serving_model(Path(models_dir), recipe.name, recipe.features)
         with openmp_threads():
             measured[recipe.name] = {
                 **rounded(recipe.measure(loaded.model, trips)),

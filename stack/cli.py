@@ -50,6 +50,75 @@ def _register_broker() -> None:
 
 _register_broker()
 
+models_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(models_app, name="models", help="The model registry: versions, aliases, what serves.")
+RegistryOption = Annotated[
+    Path, typer.Option("--models", envvar="MODELS_DIR", help="registry folder (or MLFLOW_TRACKING_URI)")
+]
+
+
+@models_app.command("list")
+def models_list(
+    models: RegistryOption = Path("models"),
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")] = False,
+) -> None:
+    """Every registered version: model, version, aliases, validation metrics, when it was trained."""
+    import json
+
+    from rich.table import Table
+
+    from shared.registry import ModelRegistry, registry_present
+
+    if not registry_present(models):
+        raise RidestreamError(f"no model registry in {models}: run `ridestream train --models {models}`")
+    versions = ModelRegistry(models).versions()
+    if as_json:
+        typer.echo(json.dumps([v.to_json() for v in versions], indent=2))
+        return
+    table = Table(title=f"model registry ({models})")
+    for column in ("model", "version", "aliases", "validation rmse", "validation mae", "trained at"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(
+            v.model,
+            v.version,
+            ", ".join(v.aliases),
+            f"{v.metrics.get('validation_rmse', float('nan')):.3f}",
+            f"{v.metrics.get('validation_mae', float('nan')):.3f}",
+            v.trained_at,
+        )
+    Console().print(table)
+
+
+@models_app.command("alias")
+def models_alias(
+    model: Annotated[str, typer.Argument(help="registered model, e.g. tip")],
+    alias: Annotated[str, typer.Argument(help="champion or challenger")],
+    version: Annotated[str, typer.Argument(help="version number")],
+    models: RegistryOption = Path("models"),
+) -> None:
+    """Point ALIAS of MODEL at VERSION (services load the champion when they start)."""
+    from shared.registry import ModelRegistry
+
+    ModelRegistry(models).set_alias(model, alias, version)
+    typer.echo(f"{model}@{alias} -> {version}")
+
+
+@models_app.command("show")
+def models_show(
+    reference: Annotated[str, typer.Argument(help="MODEL, MODEL@ALIAS or MODEL/VERSION")],
+    models: RegistryOption = Path("models"),
+) -> None:
+    """One version's details as JSON: aliases, metrics, the artifact's passport."""
+    import json
+
+    from shared.registry import ModelRegistry, parse_reference
+
+    registry = ModelRegistry(models)
+    model, alias, number = parse_reference(reference)
+    info = registry.describe(registry.version_of(model, alias, number))
+    typer.echo(json.dumps(info.to_json(), indent=2))
+
 
 def _kafka_settings(bootstrap_servers: str | None) -> KafkaSettings:
     """An explicit --bootstrap-servers beats KAFKA_BOOTSTRAP_SERVERS; without one, the environment (or the
@@ -141,8 +210,13 @@ def train(
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="do nothing when models already exist")
     ] = False,
+    promote: Annotated[
+        bool,
+        typer.Option("--promote", help="make the new versions champions (a new registry's first always are)"),
+    ] = False,
 ) -> None:
-    """Fit the duration, dynamic-duration, tip and cost models (and the zoomcamp baseline)."""
+    """Fit the duration, dynamic-duration, tip and cost models (and the zoomcamp baseline), and register
+    each as a new version in the model registry at --models (or MLFLOW_TRACKING_URI)."""
     from consumers.training import models_present, train_models
     from producer.synthetic import synthesize_trips
     from producer.trips import read_many
@@ -154,7 +228,7 @@ def train(
     frame = read_many(list(data)) if data else synthesize_trips(rides, seed=1)
     source = "files" if data else "synthetic"
     console.print(f"training on {len(frame.trips):,} rides ({source}); skipped {dict(frame.skipped)}")
-    metrics = train_models(frame.trips, models, progress=console.print)
+    metrics = train_models(frame.trips, models, progress=console.print, promote=promote)
     Console().print_json(data=metrics)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from consumers.features import START_FEATURES, StartColumns
 from consumers.scoring import Predictor, StartScorer
 from schemas.predictions import CostPrediction
-from shared.models import load_model
+from shared.registry import load_serving_model
 
 MODEL_NAME = "cost"
 
@@ -29,5 +29,5 @@ def cost_scorer(model: Predictor, model_version: str) -> StartScorer:
 
 
 def load_scorer(models_dir: Path) -> StartScorer:
-    loaded = load_model(models_dir, MODEL_NAME, START_FEATURES)
+    loaded = load_serving_model(models_dir, MODEL_NAME, START_FEATURES)
     return cost_scorer(loaded.model, loaded.version)

@@ -36,7 +36,7 @@ from consumers.scoring import (
 )
 from schemas.events import RideProgress, RideStarted
 from schemas.predictions import DurationPrediction
-from shared.models import load_model
+from shared.registry import load_serving_model
 
 START_MODEL = "duration"
 PROGRESS_MODEL = "dynamic_duration"
@@ -104,6 +104,6 @@ class TripDurationScorer:
 
 
 def load_scorer(models_dir: Path) -> TripDurationScorer:
-    start = load_model(models_dir, START_MODEL, START_FEATURES)
-    progress = load_model(models_dir, PROGRESS_MODEL, PROGRESS_FEATURES)
+    start = load_serving_model(models_dir, START_MODEL, START_FEATURES)
+    progress = load_serving_model(models_dir, PROGRESS_MODEL, PROGRESS_FEATURES)
     return TripDurationScorer(start.model, start.version, progress.model, progress.version)

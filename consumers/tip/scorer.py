@@ -9,7 +9,7 @@ import numpy as np
 from consumers.features import START_FEATURES, StartColumns
 from consumers.scoring import Predictor, StartScorer, tip_where_recorded
 from schemas.predictions import TipPrediction
-from shared.models import load_model
+from shared.registry import load_serving_model
 
 MODEL_NAME = "tip"
 
@@ -25,5 +25,5 @@ def tip_scorer(model: Predictor, model_version: str) -> StartScorer:
 
 
 def load_scorer(models_dir: Path) -> StartScorer:
-    loaded = load_model(models_dir, MODEL_NAME, START_FEATURES)
+    loaded = load_serving_model(models_dir, MODEL_NAME, START_FEATURES)
     return tip_scorer(loaded.model, loaded.version)

@@ -207,10 +207,12 @@ def test_a_row_the_model_cannot_score_is_a_failure_and_the_rest_of_the_batch_is_
 
 
 def test_a_scorer_refuses_to_load_a_damaged_artifact(models_dir: Path, tmp_path: Path) -> None:
+    # The plain artifact files alone: a folder without a registry (the registry path: test_registry.py).
     damaged = tmp_path / "models"
     damaged.mkdir()
     for file in models_dir.iterdir():
-        (damaged / file.name).write_bytes(file.read_bytes())
+        if file.suffix in (".joblib", ".json"):
+            (damaged / file.name).write_bytes(file.read_bytes())
     artifact_path(damaged, "dynamic_duration").write_bytes(b"\x00" * 64)
     with pytest.raises(ModelArtifactError, match="dynamic_duration.joblib is corrupt"):
         load_duration(damaged)

@@ -1,0 +1,264 @@
+"""The model registry: MLflow, with aliases saying which version serves.
+
+    <models_dir>/mlflow.db        the SQLite tracking and registry store (the embedded default)
+    <models_dir>/artifacts/       the artifact store: each version's `<name>.joblib` + `<name>.json`
+    <models_dir>/.serving/        versions downloaded for serving, checked like any artifact on load
+
+`MLFLOW_TRACKING_URI` points every process at a shared MLflow server instead (then the registry and the
+artifacts are the server's). Each `ridestream train` logs one MLflow run per model (parameters, validation
+metrics, the training-data fingerprint and the artifact's passport as tags) and registers a new version of
+the registered model of the same name. The alias `champion` is what users see; `challenger` is the one a
+rollout tries. An empty registry's first versions become champions; later ones only when promoted.
+
+A registered version holds the very files `shared.models` writes and checks, so loading keeps its refusals
+(missing, corrupt, incompatible) and their messages. MLflow's own model flavours are not used: the sklearn
+flavour's serialisation differs across MLflow releases, and the passport is what this code checks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError, ModelArtifactError
+from shared.models import ArtifactMetadata, LoadedModel, artifact_path, load_model, metadata_path
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ALIASES = (CHAMPION, CHALLENGER)
+EXPERIMENT = "ridestream"
+DATABASE = "mlflow.db"
+ARTIFACTS = "artifacts"
+SERVING_CACHE = ".serving"
+# MLflow's own chatter (alembic migrations on a new store, the tracking URI it picked) is not the user's.
+for _noisy in ("alembic", "mlflow"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version, as `ridestream models list` shows it."""
+
+    model: str
+    version: str
+    aliases: tuple[str, ...]
+    artifact_version: str  # the passport's content id (shared.models), also in every prediction
+    metrics: dict[str, Any]
+    trained_at: str
+    run_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "aliases": list(self.aliases),
+            "artifact_version": self.artifact_version,
+            "metrics": self.metrics,
+            "trained_at": self.trained_at,
+            "run_id": self.run_id,
+        }
+
+
+def tracking_uri(models_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else the embedded SQLite store inside `models_dir`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(models_dir).resolve() / DATABASE}"
+
+
+def registry_present(models_dir: Path) -> bool:
+    """A registry to serve from: a shared server is configured, or `models_dir` holds the embedded one."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI")) or (Path(models_dir) / DATABASE).is_file()
+
+
+def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """`MODEL`, `MODEL@ALIAS` or `MODEL/VERSION` → (model, alias, version); a bare model means champion."""
+    if "@" in reference:
+        model, alias = reference.split("@", 1)
+        return model, alias, None
+    if "/" in reference:
+        model, version = reference.split("/", 1)
+        return model, None, version
+    return reference, CHAMPION, None
+
+
+class ModelRegistry:
+    def __init__(self, models_dir: Path) -> None:
+        from mlflow.tracking import MlflowClient  # heavy: only processes that use the registry pay for it
+
+        self.models_dir = Path(models_dir)
+        self.uri = tracking_uri(self.models_dir)
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    # -- writing ---------------------------------------------------------------------------------------
+
+    def experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(EXPERIMENT)
+        if found is not None:
+            return str(found.experiment_id)
+        location = (
+            None
+            if os.environ.get("MLFLOW_TRACKING_URI")
+            else (self.models_dir / ARTIFACTS).resolve().as_uri()
+        )
+        return str(self.client.create_experiment(EXPERIMENT, artifact_location=location))
+
+    def register(self, staged_dir: Path, metadata: ArtifactMetadata, promote: bool = False) -> str:
+        """Log `staged_dir` (the artifact and its passport) as a run and register it as a new version of
+        `metadata.name`. It becomes champion when promoted or when the model has none yet. Returns the
+        registered version number."""
+        name = metadata.name
+        run = self.client.create_run(
+            self.experiment_id(),
+            run_name=f"{name}-{metadata.version}",
+            tags={
+                "ridestream.model": name,
+                "ridestream.artifact_version": metadata.version,
+                "ridestream.sklearn_version": metadata.sklearn_version,
+                "ridestream.features": json.dumps(metadata.features),
+                "ridestream.artifact_sha256": metadata.artifact_sha256,
+                "ridestream.training_data_sha256": str(metadata.training_data.get("sha256", "")),
+                "ridestream.trained_at": metadata.trained_at,
+            },
+        )
+        run_id = run.info.run_id
+        for param, text in flat_params(metadata.params).items():
+            self.client.log_param(run_id, param, text)
+        for metric, number in flat_metrics(metadata.metrics).items():
+            self.client.log_metric(run_id, metric, number)
+        self.client.log_artifacts(run_id, str(staged_dir), artifact_path="model")
+        self.client.set_terminated(run_id)
+        if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+            self.client.create_registered_model(name)
+        created = self.client.create_model_version(
+            name,
+            source=f"runs:/{run_id}/model",
+            run_id=run_id,
+            tags={
+                "ridestream.artifact_version": metadata.version,
+                "ridestream.trained_at": metadata.trained_at,
+            },
+        )
+        version = str(created.version)
+        if promote or self.alias_version(name, CHAMPION) is None:
+            self.set_alias(name, CHAMPION, version)
+        return version
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        if alias not in ALIASES:
+            raise ConfigError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
+        self.version_of(model, None, version)  # a clear error for an unknown model or version
+        self.client.set_registered_model_alias(model, alias, version)
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def alias_version(self, model: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(model, alias).version)
+        except MlflowException:
+            return None
+
+    def version_of(self, model: str, alias: str | None, version: str | None) -> Any:
+        """The MLflow ModelVersion named by alias or number; ModelArtifactError when there is none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if alias is not None:
+                return self.client.get_model_version_by_alias(model, alias)
+            return self.client.get_model_version(model, str(version))
+        except MlflowException as exc:
+            what = f"{model}@{alias}" if alias is not None else f"{model}/{version}"
+            raise ModelArtifactError(
+                f"model {what} is not in the registry at {self.uri} ({exc.message.splitlines()[0]}); "
+                f"train with `ridestream train --models {self.models_dir}` or list versions with "
+                "`ridestream models list`"
+            ) from None
+
+    def models(self) -> list[str]:
+        return sorted(m.name for m in self.client.search_registered_models())
+
+    def versions(self, models: Iterable[str] | None = None) -> list[VersionInfo]:
+        infos = []
+        for model in models or self.models():
+            for found in self.client.search_model_versions(filter_string=f"name = '{model}'"):
+                infos.append(self.describe(found))
+        return sorted(infos, key=lambda v: (v.model, int(v.version)))
+
+    def aliases_of(self, model: str, version: str) -> tuple[str, ...]:
+        # The registered model holds the alias → version map (search results leave version aliases empty).
+        aliases = self.client.get_registered_model(model).aliases or {}
+        return tuple(sorted(alias for alias, number in aliases.items() if str(number) == version))
+
+    def describe(self, found: Any) -> VersionInfo:
+        run = self.client.get_run(found.run_id)
+        return VersionInfo(
+            model=found.name,
+            version=str(found.version),
+            aliases=self.aliases_of(found.name, str(found.version)),
+            artifact_version=found.tags.get("ridestream.artifact_version", ""),
+            metrics=dict(run.data.metrics),
+            trained_at=found.tags.get("ridestream.trained_at", ""),
+            run_id=found.run_id,
+        )
+
+    def load(
+        self, model: str, features: Sequence[str], alias: str | None = CHAMPION, version: str | None = None
+    ) -> LoadedModel:
+        """The registered version (by alias or number), downloaded and checked like any artifact."""
+        found = self.version_of(model, alias, version)
+        local = self.models_dir / SERVING_CACHE / model / str(found.version)
+        if not metadata_path(local, model).is_file() or not artifact_path(local, model).is_file():
+            self.download(found.run_id, local)
+        return load_model(local, model, features)
+
+    def download(self, run_id: str, target: Path) -> None:
+        """The version's files into `target`, whole or not at all (a staging folder renamed into place)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            fetched = Path(self.client.download_artifacts(run_id, "model", str(staging)))
+            shutil.rmtree(target, ignore_errors=True)
+            fetched.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def flat_params(params: dict[str, Any]) -> dict[str, str]:
+    return {
+        key: json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        for key, value in params.items()
+    }
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested numeric metrics as MLflow's flat names: {"validation": {"rmse": 1}} → validation_rmse."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        # MLflow allows alphanumerics and _ - . : / and space in names: "0%-25%" becomes "0pct-25pct".
+        name = re.sub(r"[^\w\-.:/ ]", "_", f"{prefix}{key}".replace("%", "pct"))
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, f"{name}_"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def load_serving_model(models_dir: Path, model: str, features: Sequence[str]) -> LoadedModel:
+    """What a service scores with: the registry's champion when `models_dir` has a registry (or a server
+    is configured), else the plain artifact files in `models_dir` (a directory from before the registry)."""
+    if registry_present(models_dir):
+        return ModelRegistry(models_dir).load(model, features)
+    log.info("no registry in %s: serving the plain artifact files", models_dir)
+    return load_model(models_dir, model, features)
