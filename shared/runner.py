@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.dead_letter import DeadLetter, dead_letter_for
 from shared.errors import KafkaUnavailableError
@@ -63,16 +63,14 @@ class RunStats:
     batches: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
+class Decoded(NamedTuple):
     """A record that decoded into an event this service scores."""
 
     record: InputRecord
     event: RideEventModel
 
 
-@dataclass(frozen=True, slots=True)
-class Refused:
+class Refused(NamedTuple):
     """A record that is dead-lettered, and why."""
 
     record: InputRecord
