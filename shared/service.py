@@ -7,6 +7,7 @@ and `run_service` does the rest.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
@@ -171,6 +172,11 @@ def run_service(
         stop = threading.Event()
         install_stop_handlers(stop)
     runner = ServiceRunner(consumer, producer, scorer, config, metrics, watch, committer)
+    # Everything loaded so far (the models, scikit-learn, MLflow, pydantic) lives as long as the process:
+    # freezing it keeps the cyclic GC from re-scanning it on every full collection while the loop's
+    # short-lived records churn the young generations.
+    gc.collect()
+    gc.freeze()
     consumer.subscribe(
         [settings.input_topic],
         on_assign=lambda _c, parts: log.info("assigned %s", [p.partition for p in parts]),
