@@ -8,6 +8,7 @@ scorer (and a two-line `__main__.py` for `python -m consumers.<name>`) plus one 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,22 +37,15 @@ class ServiceSpec:
 
     @property
     def settings_class(self) -> type[ServiceSettings]:
-        return _settings_classes(self.name, self.env_prefix)
+        return _settings_class(self.name, self.env_prefix)
 
     def settings(self, overrides: Mapping[str, Any] | None = None) -> ServiceSettings:
         """The service's settings: `overrides` (CLI flags) beat the environment, which beats the defaults."""
         return self.settings_class(**dict(overrides or {}))
 
 
-_SETTINGS: dict[tuple[str, str], type[ServiceSettings]] = {}
-
-
-def _settings_classes(name: str, env_prefix: str) -> type[ServiceSettings]:
-    # One class per service and process, so isinstance checks and pydantic's schema cache hold.
-    key = (name, env_prefix)
-    if key not in _SETTINGS:
-        _SETTINGS[key] = settings_class(name, env_prefix)
-    return _SETTINGS[key]
+# One class per service and process, so isinstance checks and pydantic's schema cache hold.
+_settings_class = functools.cache(settings_class)
 
 
 SERVICES: tuple[ServiceSpec, ...] = (

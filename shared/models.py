@@ -87,9 +87,9 @@ def artifacts_present(models_dir: Path, names: Iterable[str] = MODEL_NAMES) -> b
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> dict[str, Any]:
+    """sha256 over the rows' values (row hashes of pandas, in order) plus the row count and columns."""
     import pandas as pd
 
-    """sha256 over the rows' values (row hashes of pandas, in order) plus the row count and columns."""
     row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     digest = hashlib.sha256(row_hashes.tobytes())
     digest.update(json.dumps(list(map(str, frame.columns))).encode())

@@ -4,8 +4,6 @@ serves, and the artifact checks kept through the registry. Also the `ridestream 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,21 +14,9 @@ from producer.synthetic import synthesize_trips
 from shared.errors import ConfigError, ModelArtifactError
 from shared.models import artifact_path
 from shared.registry import CHAMPION, SERVING_CACHE, ModelRegistry, load_serving_model, parse_reference
+from tests.integration.topics import ridestream
 
-REPO = Path(__file__).resolve().parents[2]
 SERVED = ("duration", "dynamic_duration", "tip", "cost")
-
-
-def ridestream(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stack.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
-    )
 
 
 @pytest.fixture(scope="module")
