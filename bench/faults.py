@@ -87,6 +87,8 @@ class Verifier(threading.Thread):
         self.consumer.subscribe([topic])
         self.counts: Counter[str] = Counter()
         self.arrivals: list[float] = []
+        # partition → the model_version of each output, in offset order (which version scored what).
+        self.versions: dict[int, list[str]] = {}
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -94,8 +96,11 @@ class Verifier(threading.Thread):
             while not self.stopping.is_set():
                 for message in self.consumer.consume(5000, 0.2):
                     if message.error() is None:
-                        self.counts[json.loads(message.value() or b"{}").get("source_event_id", "?")] += 1
+                        output = json.loads(message.value() or b"{}")
+                        self.counts[output.get("source_event_id", "?")] += 1
                         self.arrivals.append(time.monotonic())
+                        partition = self.versions.setdefault(message.partition() or 0, [])
+                        partition.append(output.get("model_version", "?"))
         finally:
             self.consumer.close()
 

@@ -9,10 +9,10 @@ scorer (and a two-line `__main__.py` for `python -m consumers.<name>`) plus one 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from consumers.cost.scorer import load_scorer as load_cost_scorer
 from consumers.duration.scorer import PROGRESS_MODEL, START_MODEL
@@ -25,6 +25,12 @@ from shared.protocols import Scorer
 from shared.service import ServiceSettings, settings_class
 
 
+class ScorerLoader(Protocol):
+    def __call__(self, models_dir: Path, versions: Mapping[str, str] | None = None) -> Scorer:
+        """The scorer of the registry's champions, or of the registry versions `versions` names."""
+        ...
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
@@ -33,7 +39,7 @@ class ServiceSpec:
     # The contract's field that carries the prediction (what the live view shows).
     value_field: str
     models: tuple[str, ...]
-    load_scorer: Callable[[Path], Scorer]
+    load_scorer: ScorerLoader
 
     @property
     def settings_class(self) -> type[ServiceSettings]:

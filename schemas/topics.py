@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 RIDE_EVENTS_TOPIC = "rides.events"
+# The fleet's desired state (which model version serves, later the rollout in progress): compacted, one
+# partition, so every instance reads one ordered log (docs/models.md).
+CONTROL_TOPIC = "ridestream.control"
+# The evaluator's live error figures, one record per input partition (compacted; docs/models.md).
+EVALUATIONS_TOPIC = "ridestream.evaluations"
 
 
 def prediction_topic(service: str) -> str:

@@ -6,6 +6,7 @@ the metric names live here alone.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -78,13 +79,36 @@ class ServiceMetrics:
             ["service", "topic", "partition"],
             registry=r,
         )
-        self.model = Info("ridestream_model", "Model this service scores with", ["service"], registry=r)
+        self.model = Info(
+            "ridestream_model",
+            "Model this service scores with: name, artifact version, registry versions",
+            ["service"],
+            registry=r,
+        )
+        self.swaps = Counter(
+            "ridestream_model_swaps", "Model versions swapped in without a restart", ["service"], registry=r
+        )
+        self.refused = Counter(
+            "ridestream_model_refused",
+            "Model versions refused by hot reload (failed to load or warm up; the old one kept serving)",
+            ["service", "model", "version"],
+            registry=r,
+        )
         self.service = service
+        self.serving: dict[str, str] = {}
         self.last_loop = time.monotonic()
         self.ready = False
 
-    def on_model_loaded(self, name: str, version: str) -> None:
-        self.model.labels(self.service).info({"name": name, "version": version})
+    def on_model_loaded(self, name: str, version: str, registry_versions: str = "") -> None:
+        self.serving = {"name": name, "version": version, "registry_versions": registry_versions}
+        self.model.labels(self.service).info(self.serving)
+
+    def on_model_swapped(self, name: str, version: str, registry_versions: str) -> None:
+        self.swaps.labels(self.service).inc()
+        self.on_model_loaded(name, version, registry_versions)
+
+    def on_model_refused(self, model: str, version: str) -> None:
+        self.refused.labels(self.service, model, version).inc()
 
     def on_event(self, event_type: str, count: int = 1) -> None:
         self.events_in.labels(self.service, event_type).inc(count)
@@ -116,16 +140,20 @@ class ServiceMetrics:
         return time.monotonic() - self.last_loop < stall_after_s
 
 
+def readiness(metrics: ServiceMetrics) -> bytes:
+    body = {"ready": metrics.ready, "service": metrics.service, **metrics.serving}
+    return (json.dumps(body) + "\n").encode()
+
+
 def serve_metrics(metrics: ServiceMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """Serve /metrics, /healthz (the loop is turning) and /readyz (partitions assigned, broker reachable)."""
+    """Serve /metrics, /healthz (the loop is turning) and /readyz (partitions assigned, broker reachable;
+    its body names the model version serving)."""
     routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
         "/metrics": lambda: (200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST),
         "/healthz": lambda: (
             (200, b"ok\n", "text/plain") if metrics.healthy() else (503, b"stalled\n", "text/plain")
         ),
-        "/readyz": lambda: (
-            (200, b"ready\n", "text/plain") if metrics.ready else (503, b"not ready\n", "text/plain")
-        ),
+        "/readyz": lambda: (200 if metrics.ready else 503, readiness(metrics), "application/json"),
     }
 
     class Handler(BaseHTTPRequestHandler):

@@ -40,6 +40,7 @@ EXPERIMENT = "ridestream"
 DATABASE = "mlflow.db"
 ARTIFACTS = "artifacts"
 SERVING_CACHE = ".serving"
+REFUSED_TAG = "ridestream.refused"
 # MLflow's own chatter (alembic migrations on a new store, the tracking URI it picked) is not the user's.
 for _noisy in ("alembic", "mlflow"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -56,6 +57,7 @@ class VersionInfo:
     metrics: dict[str, Any]
     trained_at: str
     run_id: str
+    refused: str = ""  # why a service refused to serve it, when one did
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class VersionInfo:
             "metrics": self.metrics,
             "trained_at": self.trained_at,
             "run_id": self.run_id,
+            "refused": self.refused,
         }
 
 
@@ -154,6 +157,10 @@ class ModelRegistry:
             self.set_alias(name, CHAMPION, version)
         return version
 
+    def mark_refused(self, model: str, version: str, reason: str) -> None:
+        """Record on the version that a service refused it (shown by `ridestream models list`)."""
+        self.client.set_model_version_tag(model, version, REFUSED_TAG, reason[:4000])
+
     def set_alias(self, model: str, alias: str, version: str) -> None:
         if alias not in ALIASES:
             raise ConfigError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
@@ -196,6 +203,11 @@ class ModelRegistry:
                 infos.append(self.describe(found))
         return sorted(infos, key=lambda v: (v.model, int(v.version)))
 
+    def aliases(self, model: str) -> dict[str, str]:
+        """alias → version of one registered model."""
+        found = self.client.get_registered_model(model).aliases or {}
+        return {alias: str(number) for alias, number in found.items()}
+
     def aliases_of(self, model: str, version: str) -> tuple[str, ...]:
         # The registered model holds the alias → version map (search results leave version aliases empty).
         aliases = self.client.get_registered_model(model).aliases or {}
@@ -211,6 +223,7 @@ class ModelRegistry:
             metrics=dict(run.data.metrics),
             trained_at=found.tags.get("ridestream.trained_at", ""),
             run_id=found.run_id,
+            refused=found.tags.get(REFUSED_TAG, ""),
         )
 
     def load(
@@ -255,10 +268,16 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def load_serving_model(models_dir: Path, model: str, features: Sequence[str]) -> LoadedModel:
-    """What a service scores with: the registry's champion when `models_dir` has a registry (or a server
-    is configured), else the plain artifact files in `models_dir` (a directory from before the registry)."""
+def load_serving_model(
+    models_dir: Path, model: str, features: Sequence[str], version: str | None = None
+) -> LoadedModel:
+    """What a service scores with: the registry's `version` (its champion when None) when `models_dir` has a
+    registry (or a server is configured), else the plain artifact files in `models_dir` (a directory from
+    before the registry, which has no versions to choose from)."""
     if registry_present(models_dir):
-        return ModelRegistry(models_dir).load(model, features)
+        registry = ModelRegistry(models_dir)
+        if version is not None:
+            return registry.load(model, features, alias=None, version=version)
+        return registry.load(model, features)
     log.info("no registry in %s: serving the plain artifact files", models_dir)
     return load_model(models_dir, model, features)

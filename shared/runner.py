@@ -26,6 +26,7 @@ from shared.kafka import KafkaError, KafkaException, TopicPartition, produce_wit
 from shared.metrics import ServiceMetrics
 from shared.protocols import EncodedOutput, MessageProducer, RecordConsumer, Scorer
 from shared.records import Headers, InputRecord, offset_ranges
+from shared.reload import HotReloader, versions_label
 from shared.serde import Rejected, RideEventModel, decode_event
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ class ServiceRunner:
         metrics: ServiceMetrics | None = None,
         watch: BrokerWatch | None = None,
         committer: IntervalCommitter | None = None,
+        reloader: HotReloader | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -220,7 +222,9 @@ class ServiceRunner:
         self.metrics = metrics or ServiceMetrics(config.service)
         self.watch = watch or BrokerWatch()
         self.stats = RunStats()
-        self.metrics.on_model_loaded(scorer.model_name, scorer.model_version)
+        self.reloader = reloader
+        serving = versions_label(reloader.serving) if reloader is not None else ""
+        self.metrics.on_model_loaded(scorer.model_name, scorer.model_version, serving)
         self._last_lag = 0.0
 
     def run(self, stop: threading.Event) -> RunStats:
@@ -229,6 +233,7 @@ class ServiceRunner:
         finished = False
         try:
             while not stop.is_set():
+                self.swap_model_if_ready()
                 records = self.consumer.consume(self.config.batch_size, self.config.batch_timeout_s)
                 self.raise_if_fatal()
                 self.metrics.on_loop(ready=bool(self.consumer.assignment()) and self.watch.down_since is None)
@@ -246,6 +251,19 @@ class ServiceRunner:
         finally:
             self.close(clean=finished)
         return self.stats
+
+    def swap_model_if_ready(self) -> None:
+        """Between two batches: take the new model version hot reload has loaded and warmed, if any."""
+        swap = self.reloader.take_swap() if self.reloader is not None else None
+        if swap is None:
+            return
+        previous = self.scorer.model_version
+        self.scorer = swap.scorer
+        label = versions_label(swap.versions)
+        self.metrics.on_model_swapped(self.scorer.model_name, self.scorer.model_version, label)
+        log.info(
+            "%s: now serving %s (%s; was %s)", self.config.service, label, self.scorer.model_version, previous
+        )
 
     def raise_if_fatal(self) -> None:
         if self.watch.fatal is not None:
@@ -288,6 +306,8 @@ class ServiceRunner:
         batch = score_batch(
             records, self.scorer, self.config.service, self.config.max_payload_bytes, datetime.now(UTC)
         )
+        if self.reloader is not None:
+            self.reloader.offer_sample(batch.plan.events())
         ledger = DeliveryLedger()
         self.produce_outputs(batch, ledger)
         self.committer.complete(
@@ -340,4 +360,6 @@ class ServiceRunner:
             self.committer.abandon()
             raise
         finally:
+            if self.reloader is not None:
+                self.reloader.stop()
             self.consumer.close()

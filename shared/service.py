@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topics import RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
+from schemas.topics import CONTROL_TOPIC, RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
 from shared.guarantees import (
     COMMIT_INTERVAL_S,
     COMMIT_MAX_MESSAGES,
@@ -30,6 +30,7 @@ from shared.kafka import ensure_topic, make_producer, make_record_consumer, wait
 from shared.lifecycle import install_stop_handlers
 from shared.metrics import ServiceMetrics, serve_metrics
 from shared.protocols import Scorer
+from shared.reload import HotReloader
 from shared.runner import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BATCH_TIMEOUT_S,
@@ -57,6 +58,9 @@ class ServiceSettings(BaseSettings):
     output_topic: str
     dlq_topic: str
     models_dir: Path = DEFAULT_MODELS_DIR
+    control_topic: str = Field(
+        default=CONTROL_TOPIC, min_length=1, description="the fleet's desired state, followed for hot reload"
+    )
     # Draining a backlog, each predict call costs ~1 ms on top of its rows, so bigger batches are faster until
     # memory says stop: results/batch-size/README.md (2,000 vs 1,000: +13% events/s; 4,000: +6% more, at a
     # peak RSS close to the 300 MB budget).
@@ -132,9 +136,15 @@ def settings_class(name: str, env_prefix: str) -> type[ServiceSettings]:
 
 
 def run_service(
-    settings: ServiceSettings, kafka: KafkaSettings, scorer: Scorer, stop: threading.Event | None = None
+    settings: ServiceSettings,
+    kafka: KafkaSettings,
+    scorer: Scorer,
+    stop: threading.Event | None = None,
+    metrics: ServiceMetrics | None = None,
+    reloader: HotReloader | None = None,
 ) -> RunStats:
-    """Connect, make sure the output topics exist, serve metrics, and run until stopped."""
+    """Connect, make sure the output topics exist, serve metrics, and run until stopped (swapping in the
+    model versions `reloader` prepares, when there is one)."""
     client_config = kafka.client_config()
     wait_for_cluster(client_config, kafka.connect_timeout_s)
     for topic in (settings.input_topic, settings.output_topic, settings.dlq_topic):
@@ -164,14 +174,14 @@ def run_service(
         settings.commit_max_messages,
         settings.commit_interval_s,
     )
-    metrics = ServiceMetrics(settings.service)
+    metrics = metrics or ServiceMetrics(settings.service)
     if settings.metrics_port is not None:
         server = serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_address[1])
     if stop is None:
         stop = threading.Event()
         install_stop_handlers(stop)
-    runner = ServiceRunner(consumer, producer, scorer, config, metrics, watch, committer)
+    runner = ServiceRunner(consumer, producer, scorer, config, metrics, watch, committer, reloader)
     # Everything loaded so far (the models, scikit-learn, MLflow, pydantic) lives as long as the process:
     # freezing it keeps the cyclic GC from re-scanning it on every full collection while the loop's
     # short-lived records churn the young generations.

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from consumers.registry import SERVICE_NAMES, service_spec
 from consumers.serve import serve
+from schemas.topics import CONTROL_TOPIC
 from shared.errors import RidestreamError
 from shared.lifecycle import run_guarded
 from shared.runner import DEFAULT_BATCH_SIZE
@@ -52,6 +53,10 @@ _register_broker()
 
 models_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(models_app, name="models", help="The model registry: versions, aliases, what serves.")
+ControlTopicOption = Annotated[
+    str,
+    typer.Option("--control-topic", envvar="RIDESTREAM_CONTROL_TOPIC", help="the fleet's control topic"),
+]
 RegistryOption = Annotated[
     Path, typer.Option("--models", envvar="MODELS_DIR", help="registry folder (or MLFLOW_TRACKING_URI)")
 ]
@@ -76,7 +81,15 @@ def models_list(
         typer.echo(json.dumps([v.to_json() for v in versions], indent=2))
         return
     table = Table(title=f"model registry ({models})")
-    for column in ("model", "version", "aliases", "validation rmse", "validation mae", "trained at"):
+    for column in (
+        "model",
+        "version",
+        "aliases",
+        "validation rmse",
+        "validation mae",
+        "trained at",
+        "refused",
+    ):
         table.add_column(column)
     for v in versions:
         table.add_row(
@@ -86,6 +99,7 @@ def models_list(
             f"{v.metrics.get('validation_rmse', float('nan')):.3f}",
             f"{v.metrics.get('validation_mae', float('nan')):.3f}",
             v.trained_at,
+            v.refused,
         )
     Console().print(table)
 
@@ -96,12 +110,46 @@ def models_alias(
     alias: Annotated[str, typer.Argument(help="champion or challenger")],
     version: Annotated[str, typer.Argument(help="version number")],
     models: RegistryOption = Path("models"),
+    bootstrap_servers: BootstrapOption = None,
+    control_topic: ControlTopicOption = CONTROL_TOPIC,
 ) -> None:
-    """Point ALIAS of MODEL at VERSION (services load the champion when they start)."""
+    """Point ALIAS of MODEL at VERSION in the registry, then on the control topic: running services swap
+    to the new champion without a restart."""
     from shared.registry import ModelRegistry
 
-    ModelRegistry(models).set_alias(model, alias, version)
+    registry = ModelRegistry(models)
+    registry.set_alias(model, alias, version)
     typer.echo(f"{model}@{alias} -> {version}")
+    publish_aliases(registry, [model], bootstrap_servers, control_topic)
+
+
+def publish_aliases(
+    registry: Any, models: list[str], bootstrap_servers: str | None, control_topic: str = CONTROL_TOPIC
+) -> None:
+    """Tell running fleets (the control topic) what the registry's aliases of `models` now say. Without any
+    Kafka configured there is no fleet to tell; a configured one that does not answer is an error."""
+    from shared.control import operator, publish_control, serving_records
+    from shared.kafka import wait_for_cluster
+    from shared.local_cluster import recorded_bootstrap_servers
+
+    kafka = _kafka_settings(bootstrap_servers)
+    if kafka.bootstrap_servers is None and recorded_bootstrap_servers() is None:
+        Console(stderr=True).print(
+            "no Kafka configured (--bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS): only the registry changed; "
+            "services read it when they start"
+        )
+        return
+    client_config = kafka.client_config()
+    try:
+        wait_for_cluster(client_config, kafka.connect_timeout_s)
+        records = serving_records({m: registry.aliases(m) for m in models}, operator())
+        publish_control(client_config, records, control_topic)
+    except RidestreamError as exc:
+        raise RidestreamError(
+            f"the registry changed but the control topic did not ({exc}); running services keep their "
+            "version: run the command again once Kafka answers"
+        ) from None
+    Console(stderr=True).print(f"published to {control_topic} at {client_config['bootstrap.servers']}")
 
 
 @models_app.command("show")
@@ -212,8 +260,14 @@ def train(
     ] = False,
     promote: Annotated[
         bool,
-        typer.Option("--promote", help="make the new versions champions (a new registry's first always are)"),
+        typer.Option(
+            "--promote",
+            help="make the new versions champions (a new registry's first always are) and tell running "
+            "services through the control topic",
+        ),
     ] = False,
+    bootstrap_servers: BootstrapOption = None,
+    control_topic: ControlTopicOption = CONTROL_TOPIC,
 ) -> None:
     """Fit the duration, dynamic-duration, tip and cost models (and the zoomcamp baseline), and register
     each as a new version in the model registry at --models (or MLFLOW_TRACKING_URI)."""
@@ -230,6 +284,12 @@ def train(
     console.print(f"training on {len(frame.trips):,} rides ({source}); skipped {dict(frame.skipped)}")
     metrics = train_models(frame.trips, models, progress=console.print, promote=promote)
     Console().print_json(data=metrics)
+    if promote:
+        from consumers.registry import SERVICES
+        from shared.registry import ModelRegistry
+
+        served = sorted({model for spec in SERVICES for model in spec.models})
+        publish_aliases(ModelRegistry(models), served, bootstrap_servers, control_topic)
 
 
 @app.command()

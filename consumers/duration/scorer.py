@@ -9,7 +9,7 @@ the output topic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -103,7 +103,9 @@ class TripDurationScorer:
         return result
 
 
-def load_scorer(models_dir: Path) -> TripDurationScorer:
-    start = load_serving_model(models_dir, START_MODEL, START_FEATURES)
-    progress = load_serving_model(models_dir, PROGRESS_MODEL, PROGRESS_FEATURES)
+def load_scorer(models_dir: Path, versions: Mapping[str, str] | None = None) -> TripDurationScorer:
+    """The champions, or the registry versions `versions` names."""
+    pinned = versions or {}
+    start = load_serving_model(models_dir, START_MODEL, START_FEATURES, pinned.get(START_MODEL))
+    progress = load_serving_model(models_dir, PROGRESS_MODEL, PROGRESS_FEATURES, pinned.get(PROGRESS_MODEL))
     return TripDurationScorer(start.model, start.version, progress.model, progress.version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ def tip_scorer(model: Predictor, model_version: str) -> StartScorer:
     return StartScorer(TipPrediction, MODEL_NAME, "predicted_tip_usd", recorded_tip, model, model_version)
 
 
-def load_scorer(models_dir: Path) -> StartScorer:
-    loaded = load_serving_model(models_dir, MODEL_NAME, START_FEATURES)
+def load_scorer(models_dir: Path, versions: Mapping[str, str] | None = None) -> StartScorer:
+    """The champion, or the registry version `versions` names."""
+    loaded = load_serving_model(models_dir, MODEL_NAME, START_FEATURES, (versions or {}).get(MODEL_NAME))
     return tip_scorer(loaded.model, loaded.version)
