@@ -361,7 +361,11 @@ class Engine(str, enum.Enum):
 
 # The registry's services as the command line's choices (typer takes an Enum; the registry is the one list).
 # Its members are built at run time, which mypy's Enum() support cannot follow (hence the narrow ignore).
-Service = enum.Enum("Service", {name: name for name in SERVICE_NAMES}, type=str)  # type: ignore[misc]
+# The evaluator is no scorer (it loads no model) but runs and scales the same way.
+EVALUATOR = "evaluator"
+Service = enum.Enum(  # type: ignore[misc]
+    "Service", {name: name for name in (*SERVICE_NAMES, EVALUATOR)}, type=str
+)
 
 
 @app.command()
@@ -419,6 +423,9 @@ def consume(
     }
     kafka = _kafka_settings(bootstrap_servers)
     overrides = {k: v for k, v in flags.items() if v is not None}
+    if service.value == EVALUATOR:
+        run_evaluator_command(overrides, kafka, engine)
+        return
     spec = service_spec(service.value)
     if engine == Engine.confluent:
         stats = serve(spec, overrides, kafka)
@@ -432,6 +439,19 @@ def consume(
 
         stats = serve_with_faust(spec, overrides, kafka, batched=engine == Engine.faust_batched)
     logging.getLogger("ridestream").info("stopped: %s", stats)
+
+
+def run_evaluator_command(overrides: dict[str, Any], kafka: KafkaSettings, engine: Engine) -> None:
+    from consumers.evaluator.service import EvaluatorSettings, run_evaluator
+
+    unsupported = sorted(set(overrides) - set(EvaluatorSettings.model_fields))
+    if unsupported or engine != Engine.confluent:
+        flags = [f"--{name.replace('_', '-')}" for name in unsupported] + (
+            [f"--engine {engine.value}"] if engine != Engine.confluent else []
+        )
+        raise RidestreamError(f"the evaluator does not take {', '.join(flags)} (see docs/models.md)")
+    consumed = run_evaluator(EvaluatorSettings(**overrides), kafka)
+    logging.getLogger("ridestream").info("stopped after %d records", consumed)
 
 
 def main() -> None:
