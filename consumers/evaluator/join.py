@@ -220,7 +220,7 @@ class PartitionJoin:
 
     def expire(self, now: float, max_wait_s: float, grace_s: float) -> int:
         """Forget rides without an outcome first seen over `max_wait_s` ago, and rides whose outcome came
-        over `grace_s` ago (the window for late predictions); returns how many predictions expired unjudged."""
+        over `grace_s` ago (the window for late predictions); returns the predictions expired unjudged."""
         expired = 0
         for ride_id, ride in list(self.rides.items()):
             if ride.outcome is None and now - ride.first_seen > max_wait_s:
