@@ -27,7 +27,15 @@ from prometheus_client import Counter, Gauge
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumers.evaluator.join import CARD_PAYMENT, FigureKey, Outcome, PartitionJoin, Sums, prediction_from
+from consumers.evaluator.join import (
+    CARD_PAYMENT,
+    FigureKey,
+    Outcome,
+    PartitionJoin,
+    Sums,
+    fleet_figures,
+    prediction_from,
+)
 from schemas.events import RideCompleted
 from schemas.topics import EVALUATIONS_TOPIC, RIDE_EVENTS_TOPIC, prediction_topic
 from shared.control import ControlLog, ensure_control_topic
@@ -334,3 +342,17 @@ def run_evaluator(
         install_stop_handlers(stop)
     log.info("evaluator judging %s", ", ".join(evaluator.topics))
     return evaluator.run(stop)
+
+
+def read_fleet_figures(
+    client_config: Mapping[str, str],
+    topic: str = EVALUATIONS_TOPIC,
+    group_id: str = EvaluatorSettings.model_fields["group_id"].default,
+    timeout_s: float = 30.0,
+) -> dict[FigureKey, Sums]:
+    """The whole fleet's live figures: every partition's latest snapshot on the evaluations topic, summed."""
+    reader = ControlLog(client_config, topic)
+    try:
+        return fleet_figures(latest_snapshots(reader.read_to_end(timeout_s), group_id).values())
+    finally:
+        reader.close()
