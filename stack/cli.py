@@ -16,7 +16,7 @@ from rich.console import Console
 
 from consumers.registry import SERVICE_NAMES, service_spec
 from consumers.serve import serve
-from schemas.topics import CONTROL_TOPIC
+from schemas.topics import CONTROL_TOPIC, EVALUATIONS_TOPIC
 from shared.errors import RidestreamError
 from shared.lifecycle import run_guarded
 from shared.runner import DEFAULT_BATCH_SIZE
@@ -66,8 +66,16 @@ RegistryOption = Annotated[
 def models_list(
     models: RegistryOption = Path("models"),
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document on stdout")] = False,
+    bootstrap_servers: BootstrapOption = None,
+    evaluations_topic: Annotated[
+        str, typer.Option(envvar="EVALUATOR_EVALUATIONS_TOPIC", help="the evaluator's live figures")
+    ] = EVALUATIONS_TOPIC,
+    evaluator_group: Annotated[
+        str, typer.Option(envvar="EVALUATOR_GROUP_ID", help="the evaluator whose figures to show")
+    ] = "ridestream-evaluator",
 ) -> None:
-    """Every registered version: model, version, aliases, validation metrics, when it was trained."""
+    """Every registered version: model, version, aliases, validation metrics, live error (from the evaluator,
+    when Kafka is configured), when it was trained, and why a service refused it if one did."""
     import json
 
     from rich.table import Table
@@ -77,31 +85,62 @@ def models_list(
     if not registry_present(models):
         raise RidestreamError(f"no model registry in {models}: run `ridestream train --models {models}`")
     versions = ModelRegistry(models).versions()
+    live = live_figures_by_version(bootstrap_servers, evaluations_topic, evaluator_group)
     if as_json:
-        typer.echo(json.dumps([v.to_json() for v in versions], indent=2))
+        rows = [{**v.to_json(), "live": live.get((v.model, v.artifact_version), {})} for v in versions]
+        typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"model registry ({models})")
-    for column in (
-        "model",
-        "version",
-        "aliases",
-        "validation rmse",
-        "validation mae",
-        "trained at",
-        "refused",
-    ):
+    columns = ("model", "version", "aliases", "validation rmse", "live rmse (n)", "trained at", "refused")
+    for column in columns:
         table.add_column(column)
     for v in versions:
+        figures = live.get((v.model, v.artifact_version), {})
+        headline = figures.get(OVERALL)
         table.add_row(
             v.model,
             v.version,
             ", ".join(v.aliases),
             f"{v.metrics.get('validation_rmse', float('nan')):.3f}",
-            f"{v.metrics.get('validation_mae', float('nan')):.3f}",
+            f"{headline['rmse']:.3f} ({headline['count']})" if headline else "",
             v.trained_at,
             v.refused,
         )
     Console().print(table)
+
+
+OVERALL = "overall"
+
+
+def live_figures_by_version(
+    bootstrap_servers: str | None, topic: str, group_id: str
+) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """(model, artifact version) → segment → count, rmse, mae, bias, plus "overall" (the segments together);
+    empty when no Kafka is configured or it does not answer (the registry alone is still listed)."""
+    from consumers.evaluator.join import Sums
+    from consumers.evaluator.service import read_fleet_figures
+    from shared.local_cluster import recorded_bootstrap_servers
+
+    kafka = _kafka_settings(bootstrap_servers)
+    if kafka.bootstrap_servers is None and recorded_bootstrap_servers() is None:
+        return {}
+    try:
+        figures = read_fleet_figures(kafka.client_config(), topic, group_id, timeout_s=5.0)
+    except Exception as exc:  # the registry is what was asked for; live figures are a bonus
+        Console(stderr=True).print(f"live figures unavailable ({exc})")
+        return {}
+    by_version: dict[tuple[str, str], dict[str, Sums]] = {}
+    for key, sums in figures.items():
+        segments = by_version.setdefault((key.model, key.version), {OVERALL: Sums()})
+        segments[key.segment] = sums
+        segments[OVERALL].merge(sums)
+    return {
+        version: {
+            segment: {"count": s.count, "rmse": s.rmse, "mae": s.mae, "bias": s.bias}
+            for segment, s in segments.items()
+        }
+        for version, segments in by_version.items()
+    }
 
 
 @models_app.command("alias")

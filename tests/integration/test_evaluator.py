@@ -26,7 +26,7 @@ from producer.trips import read_trips
 from schemas.events import RideCompleted
 from shared.serde import encode
 from stack.fleet import ServiceProcess, running_fleet, start_service, stop_service, wait_ready
-from tests.integration.topics import DATA_DIR
+from tests.integration.topics import DATA_DIR, ridestream
 
 MONTH = DATA_DIR / "green_tripdata_2021-02.parquet"
 RIDES = 1500
@@ -150,3 +150,22 @@ def test_live_figures_equal_the_offline_errors_of_a_tlc_month_through_a_kill_and
         assert sums.mae == pytest.approx(row.mae, rel=1e-9)
         assert sums.bias == pytest.approx(row.bias, rel=1e-9, abs=1e-9)
     assert len(found) == len(expected)
+
+    listed = ridestream(
+        "models",
+        "list",
+        "--json",
+        "--models",
+        str(trained_models),
+        "-b",
+        kafka_bootstrap,
+        "--evaluations-topic",
+        evaluations,
+        "--evaluator-group",
+        group,
+    )
+    assert listed.returncode == 0, listed.stderr
+    tip = next(v for v in json.loads(listed.stdout) if v["model"] == "tip" and "champion" in v["aliases"])
+    card = expected[(expected.prediction_type == "tip") & (expected.segment == "card")].iloc[0]
+    assert tip["live"]["card"]["count"] == card["count"]
+    assert tip["live"]["card"]["rmse"] == pytest.approx(card["rmse"], rel=1e-9)
