@@ -28,7 +28,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from consumers.features import (
 )
 from consumers.scoring import openmp_threads, tip_where_recorded
 from schemas.ride_path import covered_distance
-from shared.errors import DataSourceError
+from shared.errors import ConfigError, DataSourceError
 from shared.models import (
     MODEL_NAMES,
     ArtifactMetadata,
@@ -468,7 +468,11 @@ def rounded(metrics: dict[str, Any], digits: int = 4) -> dict[str, Any]:
 
 
 def train_models(
-    trips: pd.DataFrame, models_dir: Path, progress: Progress | None = None, promote: bool = False
+    trips: pd.DataFrame,
+    models_dir: Path,
+    progress: Progress | None = None,
+    promote: bool = False,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fit, validate and save every model (duration, dynamic_duration, tip, cost, baseline), and register
     each as a new version in the registry at `models_dir` (shared/registry.py).
@@ -477,10 +481,15 @@ def train_models(
     serves); with a registry, what serves is each model's `champion`: the first version of an empty
     registry, later ones only with `promote`. Returns what was learnt as a JSON-able dict: per model its
     version, registry version, validation metrics (fit on the earliest 80% of rides, measured on the
-    latest 20%) and fit seconds. `progress` gets one line per model.
+    latest 20%) and fit seconds. `progress` gets one line per model. `only` names the models to fit (all
+    by default).
     """
+    recipes = RECIPES if only is None else tuple(r for r in RECIPES if r.name in set(only))
+    unknown = set(only or ()) - {r.name for r in RECIPES}
+    if unknown:
+        raise ConfigError(f"unknown models {sorted(unknown)} (known: {', '.join(MODEL_NAMES)})")
     with openmp_threads():
-        return train_all(trips, Path(models_dir), progress or (lambda _line: None), promote)
+        return train_all(trips, Path(models_dir), progress or (lambda _line: None), promote, recipes)
 
 
 def register_trained(
@@ -494,7 +503,11 @@ def register_trained(
 
 
 def train_all(
-    trips: pd.DataFrame, models_dir: Path, report: Progress, promote: bool = False
+    trips: pd.DataFrame,
+    models_dir: Path,
+    report: Progress,
+    promote: bool = False,
+    recipes: Sequence[Recipe] = RECIPES,
 ) -> dict[str, Any]:
     registry = ModelRegistry(models_dir)
     started = time.monotonic()
@@ -504,7 +517,7 @@ def train_all(
     fingerprint["pickup_from"] = pd.Timestamp(span.min(), unit="s", tz="UTC").isoformat()
     fingerprint["pickup_to"] = pd.Timestamp(span.max(), unit="s", tz="UTC").isoformat()
     results: dict[str, Any] = {}
-    for recipe in RECIPES:
+    for recipe in recipes:
         began = time.monotonic()
         validation = rounded(recipe.measure(fit(recipe, fit_part), holdout))
         model = fit(recipe, trips)

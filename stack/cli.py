@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from consumers.evaluator.service import EVALUATOR_GROUP
 from consumers.registry import SERVICE_NAMES, service_spec
 from consumers.serve import serve
 from schemas.topics import CONTROL_TOPIC, EVALUATIONS_TOPIC
@@ -72,7 +73,7 @@ def models_list(
     ] = EVALUATIONS_TOPIC,
     evaluator_group: Annotated[
         str, typer.Option(envvar="EVALUATOR_GROUP_ID", help="the evaluator whose figures to show")
-    ] = "ridestream-evaluator",
+    ] = EVALUATOR_GROUP,
 ) -> None:
     """Every registered version: model, version, aliases, validation metrics, live error (from the evaluator,
     when Kafka is configured), when it was trained, and why a service refused it if one did."""
@@ -371,8 +372,15 @@ def demo(
         str | None,
         typer.Option("--bootstrap-servers", "-b", help="use this cluster instead of starting a local broker"),
     ] = None,
+    switch: Annotated[
+        bool,
+        typer.Option(
+            "--switch/--no-switch", help="move the tip model's champion to another version half-way through"
+        ),
+    ] = True,
 ) -> None:
-    """The main job: local broker, models, the three services (duration twice), rides, live view, summary."""
+    """The main job: local broker, models, the three services (duration twice) and the evaluator, rides, a
+    live view with each version's live error, a champion moved mid-run, and a summary."""
     from stack.demo import DemoOptions, run_demo
 
     options = DemoOptions(
@@ -382,6 +390,7 @@ def demo(
         speedup=speedup,
         models_dir=models,
         bootstrap_servers=bootstrap_servers,
+        switch=switch,
     )
     if not run_demo(options):
         raise RidestreamError("the demo ended before every expected prediction was seen")

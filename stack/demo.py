@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from consumers.evaluator.service import SERVICE as EVALUATOR
 from consumers.registry import SERVICE_NAMES
 from producer.run import ProduceReport, produce
 from producer.settings import ProducerSettings
@@ -42,6 +43,12 @@ class DemoOptions:
     partitions: int = 6
     bootstrap_servers: str | None = None
     live: bool = True
+    # Move SWITCHED_MODEL's champion to its other version once half the rides have been scored.
+    switch: bool = True
+
+
+SWITCHED_MODEL = "tip"
+EVALUATOR_ENV = {"PUBLISH_INTERVAL_S": "1"}
 
 
 def expected_predictions(report: ProduceReport) -> dict[str, int]:
@@ -64,6 +71,55 @@ def ensure_models(options: DemoOptions, console: Console) -> None:
     console.print(f"models: trained into {options.models_dir}")
 
 
+def ensure_second_version(options: DemoOptions, console: Console) -> str | None:
+    """The version of SWITCHED_MODEL the demo moves its champion to: another one than the champion, trained
+    (on other synthetic rides) when the registry has none. None without a registry."""
+    from consumers.training import train_models
+    from producer.synthetic import synthesize_trips
+    from shared.registry import CHAMPION, ModelRegistry, registry_present
+
+    if not registry_present(options.models_dir):
+        return None
+    registry = ModelRegistry(options.models_dir)
+    champion = registry.alias_version(SWITCHED_MODEL, CHAMPION)
+    others = [
+        v.version for v in registry.versions([SWITCHED_MODEL]) if v.version != champion and not v.refused
+    ]
+    if others:
+        return others[-1]
+    with console.status(f"training a second version of {SWITCHED_MODEL} to switch to…"):
+        trips = synthesize_trips(20_000, seed=2).trips
+        trained = train_models(trips, options.models_dir, only=[SWITCHED_MODEL])
+    return str(trained["models"][SWITCHED_MODEL]["registry_version"])
+
+
+def version_labels(models_dir: Path) -> dict[str, str]:
+    """artifact version → "tip v2" for every registered version (the live view's names)."""
+    from shared.registry import ModelRegistry, registry_present
+
+    if not registry_present(models_dir):
+        return {}
+    return {v.artifact_version: f"{v.model} v{v.version}" for v in ModelRegistry(models_dir).versions()}
+
+
+def move_champion(models_dir: Path, version: str, client_config: dict[str, str]) -> str:
+    """Point SWITCHED_MODEL's champion at `version` in the registry and on the control topic, as
+    `ridestream models alias` does; returns the line the live view shows."""
+    from shared.control import operator, publish_control, serving_records
+    from shared.registry import CHAMPION, ModelRegistry
+
+    registry = ModelRegistry(models_dir)
+    before = registry.alias_version(SWITCHED_MODEL, CHAMPION)
+    registry.set_alias(SWITCHED_MODEL, CHAMPION, version)
+    publish_control(
+        client_config, serving_records({SWITCHED_MODEL: registry.aliases(SWITCHED_MODEL)}, operator())
+    )
+    return (
+        f"{time.strftime('%H:%M:%S')} moved {SWITCHED_MODEL}@champion v{before} → v{version} "
+        "(`ridestream models alias`): the running tip instance swaps without a restart"
+    )
+
+
 def start_broker(stack: ExitStack, console: Console) -> str:
     from stack.broker import LocalKafka
 
@@ -75,8 +131,8 @@ def start_broker(stack: ExitStack, console: Console) -> str:
 
 def summary(view: FleetView, report: ProduceReport, expected: dict[str, int]) -> Table:
     table = Table(title="ridestream demo summary")
-    for column in ("service", "expected", "predictions", "p50 ms", "p99 ms"):
-        table.add_column(column, justify="right" if column != "service" else "left")
+    for column in ("service", "expected", "predictions", "p50 ms", "p99 ms", "versions: predictions, live"):
+        table.add_column(column, justify="left" if column[0] in "sv" else "right")
     for service, count in expected.items():
         seen = view.services[service]
         p50, p99 = seen.percentile(0.5), seen.percentile(0.99)
@@ -86,6 +142,7 @@ def summary(view: FleetView, report: ProduceReport, expected: dict[str, int]) ->
             f"{seen.predictions:,}",
             "—" if p50 is None else f"{p50:.0f}",
             "—" if p99 is None else f"{p99:.0f}",
+            view.serving_cell(service),
         )
     table.caption = (
         f"published {report.summary.total:,} events from {report.source}; failed {report.summary.failed}"
@@ -109,14 +166,19 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
         ]
         for topic in topics:
             ensure_topic(client_config, topic, options.partitions)
+        switch_to = ensure_second_version(options, console) if options.switch else None
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ridestream-demo-")))
-        fleet = stack.enter_context(running_fleet(options.instances, bootstrap, options.models_dir, log_dir))
+        counts = {**options.instances, EVALUATOR: 1}
+        fleet = stack.enter_context(
+            running_fleet(counts, bootstrap, options.models_dir, log_dir, {EVALUATOR: EVALUATOR_ENV})
+        )
         with console.status(f"starting {len(fleet)} service processes…"):
             wait_ready(fleet)
         console.print(
             "fleet: " + ", ".join(f"{i.name} (pid {i.process.pid}, metrics :{i.metrics_port})" for i in fleet)
         )
         watcher = FleetWatcher(client_config)
+        watcher.view.labels = version_labels(options.models_dir)
         stack.callback(watcher.close)
         settings = ProducerSettings(
             data=options.data,
@@ -142,6 +204,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
                     total = sum(v.predictions for v in watcher.view.services.values())
                     if total != last_total:
                         last_change, last_total = time.monotonic(), total
+                    if switch_to and watcher.view.services[SWITCHED_MODEL].predictions >= options.rides // 2:
+                        watcher.view.notes.append(move_champion(options.models_dir, switch_to, client_config))
+                        watcher.view.labels = version_labels(options.models_dir)
+                        switch_to = None
                     if producing.done():
                         report = producing.result()  # re-raises the producer's error, if any
                         expected = expected_predictions(report)

@@ -1,5 +1,6 @@
-"""A terminal view of the fleet at work: predictions per service, throughput, latency, and a few recent
-rides with what was predicted at their start next to what actually happened.
+"""A terminal view of the fleet at work: predictions per service, throughput, latency, the model versions
+serving with their live error (the evaluator's figures), and a few recent rides with what was predicted at
+their start next to what actually happened.
 
 It reads the same topics any client would (it is a plain consumer, assigned at the topics' current ends),
 so what it shows is what was really delivered.
@@ -18,9 +19,11 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
+from consumers.evaluator.join import FigureKey, Sums, fleet_figures
+from consumers.evaluator.service import EVALUATOR_GROUP, latest_snapshots
 from consumers.registry import SERVICE_NAMES, SERVICES
-from schemas.topics import RIDE_EVENTS_TOPIC, prediction_topic
-from shared.kafka import TopicPartition, make_consumer
+from schemas.topics import EVALUATIONS_TOPIC, RIDE_EVENTS_TOPIC, prediction_topic
+from shared.kafka import OFFSET_BEGINNING, TopicPartition, make_consumer
 
 MAX_TRACKED = 200_000
 VALUE_FIELDS = {spec.name: spec.value_field for spec in SERVICES}
@@ -29,6 +32,8 @@ VALUE_FIELDS = {spec.name: spec.value_field for spec in SERVICES}
 @dataclass
 class ServiceView:
     predictions: int = 0
+    # (model name, model version) → predictions it made, in the order the versions first appeared
+    versions: Counter[tuple[str, str]] = field(default_factory=Counter)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
     window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=50))
 
@@ -55,6 +60,27 @@ class FleetView:
     start_predictions: OrderedDict[str, dict[str, float]] = field(default_factory=OrderedDict)
     actuals: OrderedDict[str, tuple[float, float, float]] = field(default_factory=OrderedDict)
     recent: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    # artifact version → what a person calls it ("tip v2"), from the registry
+    labels: dict[str, str] = field(default_factory=dict)
+    # (service, artifact version) → the evaluator's live figures over every segment
+    live: dict[tuple[str, str], Sums] = field(default_factory=dict)
+    notes: deque[str] = field(default_factory=lambda: deque(maxlen=4))
+
+    def on_evaluations(self, figures: Mapping[FigureKey, Sums]) -> None:
+        live: dict[tuple[str, str], Sums] = {}
+        for key, sums in figures.items():
+            live.setdefault((key.service, key.version), Sums()).merge(sums)
+        self.live = live
+
+    def serving_cell(self, service: str) -> str:
+        """Per model, each version that served (newest last) with its predictions and live RMSE."""
+        by_model: dict[str, list[str]] = {}
+        for (model, version), count in self.services[service].versions.items():
+            live = self.live.get((service, version))
+            error = f" (rmse {live.rmse:.2f} over {live.count:,})" if live and live.count else ""
+            name = self.labels.get(version, f"{model} {version[:8]}").split(" ", 1)[-1]
+            by_model.setdefault(model, []).append(f"{name}: {count:,}{error}")
+        return "; ".join(f"{model} " + " → ".join(cells) for model, cells in by_model.items()) or "—"
 
     def on_event(self, value: dict[str, Any], timestamp_ms: int) -> None:
         self.events[value.get("event_type", "?")] += 1
@@ -68,6 +94,7 @@ class FleetView:
     def on_prediction(self, service: str, value: dict[str, Any], timestamp_ms: int) -> None:
         view = self.services[service]
         view.predictions += 1
+        view.versions[(value.get("model_name", "?"), value.get("model_version", "?"))] += 1
         source_ts = self.event_ts.get(value.get("source_event_id", ""))
         if source_ts is not None:
             view.latencies_ms.append(max(0.0, timestamp_ms - source_ts))
@@ -111,8 +138,8 @@ class FleetView:
 
     def render(self, title: str) -> Group:
         services = Table(title=title, expand=False)
-        for column in ("service", "predictions", "per s", "p50 ms", "p99 ms"):
-            services.add_column(column, justify="right" if column != "service" else "left")
+        for column in ("service", "predictions", "per s", "p50 ms", "p99 ms", "versions: predictions, live"):
+            services.add_column(column, justify="left" if column[0] in "sv" else "right")
         for name, view in self.services.items():
             p50, p99 = view.percentile(0.5), view.percentile(0.99)
             services.add_row(
@@ -121,6 +148,7 @@ class FleetView:
                 f"{view.rate():,.0f}",
                 "—" if p50 is None else f"{p50:.0f}",
                 "—" if p99 is None else f"{p99:.0f}",
+                self.serving_cell(name),
             )
         events = (
             ", ".join(f"{kind} {count:,}" for kind, count in sorted(self.events.items()))
@@ -131,15 +159,23 @@ class FleetView:
             rides.add_column(column)
         for row in self.recent_rows():
             rides.add_row(*row)
-        return Group(services, f"events seen: {events}", rides)
+        return Group(services, f"events seen: {events}", *self.notes, rides)
 
 
 class FleetWatcher:
     """Consumes rides.events and every predictions topic from their current end into a FleetView."""
 
-    def __init__(self, client_config: Mapping[str, str], input_topic: str = RIDE_EVENTS_TOPIC) -> None:
+    def __init__(
+        self,
+        client_config: Mapping[str, str],
+        input_topic: str = RIDE_EVENTS_TOPIC,
+        evaluations_topic: str = EVALUATIONS_TOPIC,
+    ) -> None:
         self.view = FleetView()
         self.topics = {input_topic: None, **{prediction_topic(s): s for s in SERVICE_NAMES}}
+        self.evaluations_topic = evaluations_topic
+        # The evaluator's snapshots, latest per key, read from the beginning (the topic is compacted).
+        self.snapshots: dict[str, bytes] = {}
         self.consumer = make_consumer(client_config, f"ridestream-view-{uuid.uuid4().hex[:8]}")
         self.consumer.assign(self.current_ends())
 
@@ -150,12 +186,17 @@ class FleetWatcher:
             for partition in metadata.topics[topic].partitions if topic in metadata.topics else []:
                 _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
                 ends.append(TopicPartition(topic, partition, high))
+        if self.evaluations_topic in metadata.topics:
+            ends.append(TopicPartition(self.evaluations_topic, 0, OFFSET_BEGINNING))
         return ends
 
     def poll(self, timeout_s: float = 0.2) -> int:
         messages = self.consumer.consume(5000, timeout_s)
         for message in messages:
             if message.error() is not None:
+                continue
+            if message.topic() == self.evaluations_topic:
+                self.snapshots[(message.key() or b"").decode()] = message.value() or b"{}"
                 continue
             try:
                 value = json.loads(message.value() or b"")
@@ -168,6 +209,10 @@ class FleetWatcher:
                 self.view.on_event(value, timestamp)
             else:
                 self.view.on_prediction(service, value, timestamp)
+        if self.snapshots:
+            self.view.on_evaluations(
+                fleet_figures(latest_snapshots(self.snapshots, EVALUATOR_GROUP).values())
+            )
         self.view.tick()
         return len(messages)
 

@@ -58,6 +58,7 @@ from shared.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 SERVICE = "evaluator"
+EVALUATOR_GROUP = "ridestream-evaluator"
 EVALUATED_SERVICES = ("duration", "tip", "cost")
 # A prediction waits this long for its ride's outcome (and an outcome this long for late predictions):
 # longer than any NYC ride (the contract's limit is 24 h, real ones end within a few hours).
@@ -70,7 +71,7 @@ DEFAULT_PUBLISH_INTERVAL_S = 5.0
 class EvaluatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVALUATOR_", frozen=True, extra="ignore")
 
-    group_id: str = "ridestream-evaluator"
+    group_id: str = EVALUATOR_GROUP
     input_topic: str = RIDE_EVENTS_TOPIC
     prediction_topics: str = Field(
         default=",".join(prediction_topic(s) for s in EVALUATED_SERVICES),
@@ -347,7 +348,7 @@ def run_evaluator(
 def read_fleet_figures(
     client_config: Mapping[str, str],
     topic: str = EVALUATIONS_TOPIC,
-    group_id: str = EvaluatorSettings.model_fields["group_id"].default,
+    group_id: str = EVALUATOR_GROUP,
     timeout_s: float = 30.0,
 ) -> dict[FigureKey, Sums]:
     """The whole fleet's live figures: every partition's latest snapshot on the evaluations topic, summed."""

@@ -33,3 +33,25 @@ def test_a_completed_ride_shows_start_predictions_that_arrive_after_its_completi
     )
     assert view.recent_rows()[0][2] == "1.8 / 2.0 $"
     assert view.services["tip"].predictions == 1 and view.services["tip"].percentile(0.99) == 40
+
+
+def test_the_versions_cell_shows_a_switch_with_each_versions_live_error() -> None:
+    from consumers.evaluator.join import FigureKey, Sums
+
+    view = FleetView(labels={"aaa111": "tip v1", "bbb222": "tip v2"})
+    for n, version in enumerate(["aaa111", "aaa111", "bbb222"]):
+        view.on_prediction(
+            "tip",
+            {
+                "ride_id": f"r-{n}",
+                "source_event_id": f"r-{n}:0",
+                "source_event_type": "ride_started",
+                "predicted_tip_usd": 1.0,
+                "model_name": "tip",
+                "model_version": version,
+            },
+            1000,
+        )
+    view.on_evaluations({FigureKey("tip", "tip", "aaa111", "card"): Sums(2, 1.0, 3.0, 5.0)})
+    assert view.serving_cell("tip") == "tip v1: 2 (rmse 1.58 over 2) → v2: 1"
+    assert view.serving_cell("cost") == "—"
