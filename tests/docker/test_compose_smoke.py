@@ -28,6 +28,7 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
 RIDES = 300
 SERVICES = ("duration", "tip", "cost")
+PROCESSES = (*SERVICES, "evaluator")
 WAIT_S = 600.0
 READY_S = 240.0  # images are built already; a service not ready by then is broken (its log says why)
 
@@ -42,9 +43,9 @@ def compose_command() -> list[str]:
 class Stack:
     def __init__(self, compose_file: Path, host: str) -> None:
         self.compose_file = compose_file
-        kafka, controller, *metrics = free_ports(5)
+        kafka, controller, *metrics = free_ports(2 + len(PROCESSES))
         self.kafka_port = kafka
-        self.metrics_ports = dict(zip(SERVICES, metrics, strict=True))
+        self.metrics_ports = dict(zip(PROCESSES, metrics, strict=True))
         self.env = {
             **os.environ,
             "DOCKER_HOST": host,
@@ -124,7 +125,7 @@ def stack() -> Iterator[Stack]:
 
 
 def test_the_compose_stack_scores_rides_dead_letters_poison_and_reports_ready(stack: Stack) -> None:
-    up = stack.compose("up", "-d", "--no-build", "kafka", "trainer", *SERVICES)
+    up = stack.compose("up", "-d", "--no-build", "kafka", "trainer", *PROCESSES)
     assert up.returncode == 0, up.stderr[-3000:]
     for service, port in stack.metrics_ports.items():
         wait_until(
@@ -144,3 +145,12 @@ def test_the_compose_stack_scores_rides_dead_letters_poison_and_reports_ready(st
         assert dead[0]["key"] == "poison" and "ridestream.reason" in json.dumps(dead[0]["headers"])
         status, body = get(f"http://127.0.0.1:{stack.metrics_ports[service]}/metrics")
         assert status == 200 and f'ridestream_predictions_out_total{{service="{service}"}}' in body
+
+    def judged() -> int:
+        snapshots = kcat("-C", "-b", stack.bootstrap, "-t", "ridestream.evaluations", "-e", "-q")
+        latest = {s["partition"]: s for s in map(json.loads, filter(None, snapshots.splitlines()))}
+        return sum(f["count"] for s in latest.values() for f in s["figures"] if f["service"] == "cost")
+
+    wait_until(lambda: judged() == RIDES, f"the evaluator judged {RIDES} cost predictions")
+    status, body = get(f"http://127.0.0.1:{stack.metrics_ports['evaluator']}/metrics")
+    assert status == 200 and "ridestream_live_count{" in body

@@ -10,6 +10,7 @@ import typer.main
 import yaml
 from pydantic_settings import BaseSettings
 
+from consumers.evaluator.service import EvaluatorSettings
 from consumers.registry import SERVICES
 from producer.settings import ProducerSettings
 from shared.settings import KafkaSettings
@@ -22,6 +23,7 @@ OURS = {
 SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "KAFKA_": KafkaSettings,
     "PRODUCER_": ProducerSettings,
+    "EVALUATOR_": EvaluatorSettings,
     **{spec.env_prefix: spec.settings_class for spec in SERVICES},
 }
 
