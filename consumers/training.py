@@ -65,7 +65,7 @@ from shared.models import (
     metadata_path,
     save_model,
 )
-from shared.registry import ModelRegistry, load_serving_model
+from shared.registry import CHAMPION, ModelRegistry, load_serving_model, registry_present
 
 Progress = Callable[[str], None]
 
@@ -438,7 +438,12 @@ assert tuple(r.name for r in RECIPES) == MODEL_NAMES
 
 
 def models_present(models_dir: Path) -> bool:
-    """Every artifact and its metadata is in `models_dir` (whether they load is checked when loading)."""
+    """Every model has a champion in the registry (the embedded one in `models_dir`, or the server
+    MLFLOW_TRACKING_URI names), or, without a registry, every artifact and its metadata is in `models_dir`.
+    Whether they load is checked when loading."""
+    if registry_present(models_dir):
+        registry = ModelRegistry(models_dir)
+        return all(registry.alias_version(name, CHAMPION) is not None for name in MODEL_NAMES)
     return artifacts_present(Path(models_dir), MODEL_NAMES)
 
 

@@ -8,7 +8,8 @@
              and `apache/kafka` are to a user with a registry.
     images   ridestream/python (the base plus Python 3.11 and venv), ridestream:latest (the project's
              Dockerfile on that base), ridestream/kafka:<version> (Debian's JDK 17 plus the Kafka jars the
-             project already fetches, configured by KAFKA_* variables like apache/kafka).
+             project already fetches, configured by KAFKA_* variables like apache/kafka), ridestream/mlflow
+             (the MLflow server docker-compose runs: deploy/mlflow.Dockerfile).
 
 Builds use host networking to reach the package registries. Every image is built once and reused: a rerun
 only checks that the images exist (`ensure_images`); `--rebuild` makes them again.
@@ -45,6 +46,7 @@ BASE_IMAGE = f"ridestream/debian:{DEBIAN_SUITE}"
 PYTHON_IMAGE = f"ridestream/python:3.11-{DEBIAN_SUITE}"
 KAFKA_IMAGE = f"ridestream/kafka:{KAFKA_VERSION}"
 APP_IMAGE = "ridestream:latest"
+MLFLOW_IMAGE = "ridestream/mlflow:3"
 START_TIMEOUT_S = 60.0
 POLL_S = 0.2
 REPO = Path(__file__).resolve().parents[1]
@@ -286,6 +288,11 @@ def ensure_images(host: str, rebuild: bool = False, progress: Progress = print) 
         with kafka_context() as context:
             build(host, KAFKA_IMAGE, DOCKERFILES / "kafka.Dockerfile", context, [f"BASE_IMAGE={BASE_IMAGE}"])
         built.append(KAFKA_IMAGE)
+    if rebuild or PYTHON_IMAGE in built or not image_exists(host, MLFLOW_IMAGE):
+        progress(f"building {MLFLOW_IMAGE}")
+        dockerfile = REPO / "deploy" / "mlflow.Dockerfile"
+        build(host, MLFLOW_IMAGE, dockerfile, dockerfile.parent, [f"BASE_IMAGE={PYTHON_IMAGE}"])
+        built.append(MLFLOW_IMAGE)
     # The application image is rebuilt on every call: the source changes; Docker's layer cache keeps it quick.
     progress(f"building {APP_IMAGE}")
     build(host, APP_IMAGE, REPO / "Dockerfile", REPO, [f"BASE_IMAGE={PYTHON_IMAGE}"])

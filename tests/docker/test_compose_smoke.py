@@ -43,8 +43,9 @@ def compose_command() -> list[str]:
 class Stack:
     def __init__(self, compose_file: Path, host: str) -> None:
         self.compose_file = compose_file
-        kafka, controller, *metrics = free_ports(2 + len(PROCESSES))
+        kafka, controller, mlflow, *metrics = free_ports(3 + len(PROCESSES))
         self.kafka_port = kafka
+        self.mlflow_port = mlflow
         self.metrics_ports = dict(zip(PROCESSES, metrics, strict=True))
         self.env = {
             **os.environ,
@@ -52,6 +53,7 @@ class Stack:
             "COMPOSE_PROJECT_NAME": f"ridestream-smoke-{uuid.uuid4().hex[:6]}",
             "RIDESTREAM_KAFKA_PORT": str(kafka),
             "RIDESTREAM_CONTROLLER_PORT": str(controller),
+            "RIDESTREAM_MLFLOW_PORT": str(mlflow),
             "RIDESTREAM_SMOKE_RIDES": str(RIDES),
             **{f"RIDESTREAM_{s.upper()}_PORT": str(p) for s, p in self.metrics_ports.items()},
         }
@@ -125,12 +127,21 @@ def stack() -> Iterator[Stack]:
 
 
 def test_the_compose_stack_scores_rides_dead_letters_poison_and_reports_ready(stack: Stack) -> None:
-    up = stack.compose("up", "-d", "--no-build", "kafka", "trainer", *PROCESSES)
+    up = stack.compose("up", "-d", "--no-build", "kafka", "mlflow", "trainer", *PROCESSES)
     assert up.returncode == 0, up.stderr[-3000:]
     for service, port in stack.metrics_ports.items():
         wait_until(
             lambda p=port: get(f"http://127.0.0.1:{p}/readyz")[0] == 200, f"{service} is ready", READY_S
         )
+
+    # The trainer registered every model on the compose stack's MLflow server, and the services serve them.
+    from mlflow.tracking import MlflowClient
+
+    registry = MlflowClient(tracking_uri=f"http://127.0.0.1:{stack.mlflow_port}")
+    for model in ("duration", "dynamic_duration", "tip", "cost"):
+        assert registry.get_model_version_by_alias(model, "champion").version == "1"
+    status, ready = get(f"http://127.0.0.1:{stack.metrics_ports['tip']}/readyz")
+    assert json.loads(ready)["registry_versions"] == "tip=1"
 
     produced = stack.compose("run", "--rm", "producer", timeout_s=WAIT_S)
     assert produced.returncode == 0, produced.stderr[-3000:]

@@ -18,7 +18,7 @@ from stack.cli import app
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
 OURS = {
-    name: spec for name, spec in COMPOSE["services"].items() if spec.get("image", "").startswith("ridestream")
+    name: spec for name, spec in COMPOSE["services"].items() if spec.get("image", "").startswith("ridestream:")
 }
 SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "KAFKA_": KafkaSettings,
@@ -26,6 +26,16 @@ SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "EVALUATOR_": EvaluatorSettings,
     **{spec.env_prefix: spec.settings_class for spec in SERVICES},
 }
+
+
+# MLflow's own client settings (read by MLflow, not by a settings class of ours).
+MLFLOW_VARIABLES = {"MLFLOW_TRACKING_URI"}
+
+
+def test_every_ridestream_process_shares_the_compose_mlflow_server() -> None:
+    assert "mlflow" in COMPOSE["services"]
+    for name, spec in OURS.items():
+        assert spec["environment"].get("MLFLOW_TRACKING_URI") == "http://mlflow:5000", name
 
 
 def cli_commands() -> set[str]:
@@ -55,6 +65,8 @@ def test_every_service_command_is_a_real_entry_point(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(OURS))
 def test_every_environment_name_is_a_field_of_a_settings_class(name: str) -> None:
     for variable in OURS[name].get("environment") or {}:
+        if variable in MLFLOW_VARIABLES:
+            continue
         prefix = next((p for p in SETTINGS_BY_PREFIX if variable.startswith(p)), None)
         assert prefix is not None, f"{name}: {variable} belongs to no settings class"
         field = variable.removeprefix(prefix).lower()
