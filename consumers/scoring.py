@@ -60,6 +60,8 @@ class EncodedPrediction:
     key: bytes
     value: bytes
     contract: type[Prediction]
+    headers: list[tuple[str, str | bytes | None]] | None = None
+    shadow: bool = False
 
     def decoded(self) -> Prediction:
         """The contract model, validated from the bytes (for tests and tools; the hot path never needs it)."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from consumers.registry import ServiceSpec, service_spec
+from consumers.routing import Mode, RoutedScorer
 from shared.control import ControlLog
 from shared.errors import ModelArtifactError
 from shared.kafka import wait_for_cluster
@@ -23,7 +24,7 @@ from shared.lifecycle import run_guarded
 from shared.metrics import ServiceMetrics
 from shared.protocols import Scorer
 from shared.registry import CHAMPION, ModelRegistry, registry_present
-from shared.reload import HotReloader, Versions, desired_versions
+from shared.reload import HotReloader, Plan, Versions, changed_versions, desired_plan, pinned
 from shared.runner import RunStats
 from shared.service import ServiceSettings, run_service
 from shared.settings import KafkaSettings
@@ -52,11 +53,37 @@ def serve(
     return run_service(settings, kafka, scorer, stop, metrics, reloader)
 
 
+class PlanBuilder:
+    """Scorers of plans, each version set loaded once: a canary step only changes the share, so it swaps
+    in a new router over the scorers already loaded."""
+
+    KEEP = 4
+
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.loaded: dict[tuple[tuple[str, str], ...], Scorer] = {}
+
+    def scorer_of(self, versions: tuple[tuple[str, str], ...]) -> Scorer:
+        if versions not in self.loaded:
+            self.loaded[versions] = self.spec.load_scorer(self.settings.models_dir, dict(versions))
+            while len(self.loaded) > self.KEEP:
+                del self.loaded[next(iter(self.loaded))]
+        return self.loaded[versions]
+
+    def __call__(self, plan: Plan) -> Scorer:
+        champion = self.scorer_of(plan.champion)
+        if not plan.mode:
+            return champion
+        mode: Mode = "shadow" if plan.mode == "shadow" else "split"
+        return RoutedScorer(champion, self.scorer_of(plan.challenger), plan.share, mode, plan.epoch)
+
+
 def follow_control(
     spec: ServiceSpec, settings: ServiceSettings, control: ControlLog, metrics: ServiceMetrics
 ) -> tuple[Scorer, HotReloader]:
-    """The scorer of the versions the control log (read to its end) or else the registry names as champion,
-    and the hot reloader that follows the log from there."""
+    """The scorer of the plan the control log (read to its end) asks for, or else of the registry's
+    champions, and the hot reloader that follows the log from there."""
     registry = ModelRegistry(settings.models_dir)
     champions = {m: v for m in spec.models if (v := registry.alias_version(m, CHAMPION)) is not None}
 
@@ -70,25 +97,23 @@ def follow_control(
             except Exception as exc:  # the refusal is logged and counted already; the tag is a courtesy
                 log.warning("could not tag %s/%s as refused in the registry: %s", model, version, exc)
 
-    serving = desired_versions(control.read_to_end(), spec.models, champions)
+    build = PlanBuilder(spec, settings)
+    state = control.read_to_end()
+    plan = desired_plan(state, settings.service, spec.models, champions, settings.instance_name)
     try:
-        scorer = spec.load_scorer(settings.models_dir, serving)
+        scorer = build(plan)
     except ModelArtifactError as exc:
-        if serving == champions:
+        fallback = Plan(pinned(champions), epoch=plan.epoch)
+        if plan == fallback:
             raise
         # The control log can name versions this registry cannot serve (a registry made anew beside an old
         # broker, a corrupt version published while this instance was down): serve the registry's own.
-        log.error("refused %s from the control topic (%s); serving the registry's champions", serving, exc)
-        refused({m: v for m, v in serving.items() if champions.get(m) != v}, f"load failed: {exc}")
-        serving = champions
-        scorer = spec.load_scorer(settings.models_dir, serving)
+        log.error("refused %s from the control topic (%s); serving the registry's champions", plan.label, exc)
+        refused(changed_versions(plan, fallback), f"load failed: {exc}")
+        plan = fallback
+        scorer = build(plan)
     reloader = HotReloader(
-        settings.service,
-        spec.models,
-        serving,
-        control,
-        lambda versions: spec.load_scorer(settings.models_dir, versions),
-        refused,
+        settings.service, settings.instance_name, spec.models, champions, plan, control, build, refused
     )
     reloader.start()
     return scorer, reloader

@@ -5,11 +5,14 @@ restarts) reads it to the end before it scores anything. Keys:
 
     serving/<model>    ServingState: which registry version each alias of <model> points at; every service
                        that loads <model> serves its `champion`
+    rollout/<service>  RolloutState: the deployment in progress (or last finished) for <service>
+    switch/<service>/<partition>/<epoch>@<offset>
+                       SwitchRecord: where an instance applied a rollout epoch, in its outputs' transaction
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -37,3 +40,89 @@ class ServingState(Contract):
 
 def serving_key(model: str) -> str:
     return f"{SERVING_PREFIX}{model}"
+
+
+ROLLOUT_PREFIX = "rollout/"
+STATUS_PREFIX = "status/"
+SWITCH_PREFIX = "switch/"
+Strategy = Literal["blue-green", "canary", "rolling", "shadow", "ab"]
+STRATEGIES: tuple[str, ...] = ("blue-green", "canary", "rolling", "shadow", "ab")
+RolloutStatus = Literal["running", "promoted", "rolled_back", "aborted"]
+Action = Literal["start", "advance", "promote", "rollback", "abort"]
+# The canary's default shares of rides per step.
+CANARY_STEPS = (0.05, 0.25, 0.5, 1.0)
+MAX_DECISIONS = 30
+
+
+class Gates(Contract):
+    """What a canary step must show before it advances (docs/deployments.md)."""
+
+    min_rides: int = Field(default=200, ge=1, description="completed rides judged per version in the step")
+    tolerance: float = Field(
+        default=0.10, ge=0, le=10, description="the challenger's RMSE may exceed the champion's by this share"
+    )
+    max_unscoreable_rate: float = Field(default=0.01, ge=0, le=1)
+    max_p99_ms: float = Field(default=1000.0, gt=0, description="event-to-prediction p99 of every instance")
+
+
+class Decision(Contract):
+    at: UtcDatetime
+    action: Action
+    step: int
+    reason: str = Field(max_length=2000)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class RolloutState(Contract):
+    """One service's rollout: who serves which rides, and the decisions taken. Every change bumps `epoch`;
+    each instance records the input offset at which it applied an epoch (key switch/...)."""
+
+    service: str = Field(min_length=1, max_length=64)
+    strategy: Strategy
+    champion: dict[str, RegistryVersion] = Field(description="model → registry version users see")
+    challenger: dict[str, RegistryVersion] = Field(description="model → registry version being tried")
+    steps: list[Annotated[float, Field(ge=0, le=1)]] = Field(min_length=1)
+    step: int = Field(default=0, ge=0)
+    status: RolloutStatus = "running"
+    epoch: int = Field(ge=1)
+    gates: Gates = Field(default_factory=Gates)
+    step_started_at: UtcDatetime
+    # The evaluator's fleet figures at the step's start, "model/version" → sums: a step's evidence is the
+    # difference from these.
+    baseline: dict[str, list[float]] = Field(default_factory=dict)
+    decisions: list[Decision] = Field(default_factory=list)
+    # rolling: the instances (by instance name) serving the challenger so far, in the order they switched
+    switched: list[str] = Field(default_factory=list)
+    updated_at: UtcDatetime
+
+    @property
+    def key(self) -> str:
+        return rollout_key(self.service)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def share(self) -> float:
+        """The challenger's share of rides now (0 once the rollout is over)."""
+        return self.steps[min(self.step, len(self.steps) - 1)] if self.running else 0.0
+
+
+class SwitchRecord(Contract):
+    """Written by an instance, in the transaction of the batch it applies to: from `offset` on, `partition`
+    of `topic` is scored under rollout `epoch`."""
+
+    service: str
+    topic: str
+    partition: int
+    offset: int
+    epoch: int
+    instance: str
+
+
+def rollout_key(service: str) -> str:
+    return f"{ROLLOUT_PREFIX}{service}"
+
+
+def switch_key(service: str, partition: int, epoch: int, offset: int) -> str:
+    return f"{SWITCH_PREFIX}{service}/{partition}/{epoch}@{offset}"

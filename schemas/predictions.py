@@ -18,6 +18,11 @@ class _Prediction(Contract):
     model_name: str = Field(min_length=1, max_length=64)
     model_version: str = Field(min_length=1, max_length=64)
     produced_at: UtcDatetime
+    # Only during a rollout that shows users both versions (canary, A/B); absent otherwise, so the wire of a
+    # fleet without a rollout is unchanged. Also in the `ridestream.variant` header.
+    variant: Literal["champion", "challenger"] | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="which side of a rollout made it"
+    )
 
 
 class DurationPrediction(_Prediction):

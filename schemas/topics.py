@@ -15,6 +15,12 @@ def prediction_topic(service: str) -> str:
     return f"predictions.{service}"
 
 
+def shadow_topic(output_topic: str) -> str:
+    """Where a shadow rollout's challenger publishes beside `output_topic` (predictions.tip →
+    predictions.tip.shadow): read by the evaluator, never by users."""
+    return f"{output_topic}.shadow"
+
+
 def dead_letter_topic(service: str) -> str:
     """Default dead-letter topic of a scoring service: bad input goes here with the reason."""
     return f"dlq.{service}"

@@ -20,7 +20,14 @@ from schemas.control import ServingState
 from schemas.topics import CONTROL_TOPIC
 from shared.errors import DeliveryError, KafkaUnavailableError
 from shared.guarantees import DeliveryLedger
-from shared.kafka import OFFSET_BEGINNING, TopicPartition, ensure_topic, make_consumer, make_producer
+from shared.kafka import (
+    OFFSET_BEGINNING,
+    Producer,
+    TopicPartition,
+    ensure_topic,
+    make_consumer,
+    make_producer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ class ControlLog:
 
     def __init__(self, client_config: Mapping[str, str], topic: str = CONTROL_TOPIC) -> None:
         self.topic = topic
+        self.client_config = dict(client_config)
+        self._producer: Producer | None = None
         ensure_control_topic(client_config, topic)
         # A group id is required by librdkafka even for manual assignment; nothing is ever committed.
         self.consumer = make_consumer(
@@ -132,5 +141,14 @@ class ControlLog:
             changes.append((key, value))
         return changes
 
+    def publish(self, key: str, value: bytes) -> None:
+        """Append one record without waiting for it (status reports: the next one supersedes it)."""
+        if self._producer is None:
+            self._producer = make_producer(self.client_config, {"linger.ms": 100})
+        self._producer.produce(self.topic, value, key.encode())
+        self._producer.poll(0)
+
     def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(5)
         self.consumer.close()

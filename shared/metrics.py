@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -96,6 +97,8 @@ class ServiceMetrics:
         )
         self.service = service
         self.serving: dict[str, str] = {}
+        # the latest latencies, for the p99 an instance reports to the rollout controller
+        self.recent_latencies_s: deque[float] = deque(maxlen=5000)
         self.last_loop = time.monotonic()
         self.ready = False
 
@@ -125,6 +128,13 @@ class ServiceMetrics:
         histogram = self.latency.labels(self.service)
         for latency in latencies_s:
             histogram.observe(latency)
+            self.recent_latencies_s.append(latency)
+
+    def recent_p99_ms(self) -> float | None:
+        if not self.recent_latencies_s:
+            return None
+        ordered = sorted(self.recent_latencies_s)
+        return 1000.0 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
     def on_predictions(self, count: int) -> None:
         self.predictions_out.labels(self.service).inc(count)

@@ -67,12 +67,17 @@ class TransactionalProducer(MessageProducer, Protocol):
 
 
 class EncodedOutput(Protocol):
-    """A scorer's prediction, already encoded (consumers.scoring.EncodedPrediction)."""
+    """A scorer's prediction, already encoded (consumers.scoring.EncodedPrediction). A shadow output goes to
+    the service's shadow topic instead of the one users read."""
 
     @property
     def key(self) -> bytes: ...
     @property
     def value(self) -> bytes: ...
+    @property
+    def headers(self) -> Headers | None: ...
+    @property
+    def shadow(self) -> bool: ...
 
 
 class ScoreResultLike(Protocol):

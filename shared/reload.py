@@ -1,25 +1,33 @@
-"""Hot reload: a running service follows the control topic and changes model version without a restart.
+"""Hot reload: a running service follows the control topic and changes what it serves without a restart.
 
-    control log ──► follower thread: desired versions changed?
-                      load them (registry, passport checks) → warm them (one score of a real batch)
+    control log ──► follower thread: the desired plan changed? (serving/<model>, rollout/<service>)
+                      build it (registry loads, passport checks) → warm each version on a real batch
                       ├─ ok:     hand the new scorer over ──► the run loop swaps it in between two batches
-                      └─ failed: refuse it (log, metric, registry tag); the old version keeps serving
+                      └─ failed: refuse it (log, metric, registry tag); the old plan keeps serving
 
-The run loop never waits for a load: it picks a ready scorer up at a batch boundary, so every batch is
-scored by exactly one version, and under exactly-once a batch and its offsets still commit together.
+A plan is what one instance serves: its champion versions, and during a rollout the challenger versions,
+the challenger's share of rides, how the two are routed, and the rollout's epoch. The run loop never waits
+for a load: it picks a ready scorer up at a batch boundary, so every batch is scored under one plan, and
+under exactly-once a batch and its offsets still commit together.
+
+The same thread publishes this instance's status (status/<service>/<instance>) every few seconds: what it
+serves, under which epoch, its predictions and unscoreable events per variant, its p99 latency, and the
+last refusal. The rollout controller reads it for its gates.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from schemas.control import ServingState, serving_key
+from schemas.control import STATUS_PREFIX, RolloutState, ServingState, rollout_key, serving_key
 from shared.control import ControlLog
 from shared.protocols import Scorer
 
@@ -27,14 +35,32 @@ log = logging.getLogger(__name__)
 
 # model → registry version
 Versions = Mapping[str, str]
-LoadScorer = Callable[[Versions], Scorer]
 OnRefused = Callable[[Versions, str], None]
 POLL_S = 0.5
+STATUS_INTERVAL_S = 2.0
+
+
+class Plan(NamedTuple):
+    """What an instance serves. `mode` is "" without a rollout, else "split" or "shadow"."""
+
+    champion: tuple[tuple[str, str], ...]
+    challenger: tuple[tuple[str, str], ...] = ()
+    share: float = 0.0
+    mode: str = ""
+    epoch: int = 0
+
+    @property
+    def label(self) -> str:
+        """`tip=2` or, during a rollout, `tip=2 | tip=3 @25% split`: one metric label."""
+        champion = versions_label(dict(self.champion))
+        if not self.mode:
+            return champion
+        return f"{champion} | {versions_label(dict(self.challenger))} @{self.share:.0%} {self.mode}"
 
 
 class Swap(NamedTuple):
     scorer: Scorer
-    versions: dict[str, str]
+    plan: Plan
 
 
 def versions_label(versions: Versions) -> str:
@@ -42,61 +68,122 @@ def versions_label(versions: Versions) -> str:
     return ",".join(f"{model}={version}" for model, version in sorted(versions.items()))
 
 
+def pinned(versions: Versions) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(versions.items()))
+
+
+def parse(raw: bytes | None, contract: type[ServingState] | type[RolloutState]) -> Any:
+    if raw is None:
+        return None
+    try:
+        return contract.model_validate_json(raw)
+    except ValidationError as exc:
+        log.warning("control record is not a %s (%s); ignored", contract.__name__, exc)
+        return None
+
+
 def desired_versions(state: Mapping[str, bytes], models: Sequence[str], fallback: Versions) -> dict[str, str]:
     """Each model's champion by the control log, or `fallback`'s version when the log does not name one."""
     desired = dict(fallback)
     for model in models:
-        raw = state.get(serving_key(model))
-        if raw is None:
-            continue
-        try:
-            champion = ServingState.model_validate_json(raw).champion()
-        except ValidationError as exc:
-            log.warning("control record %s is not a ServingState (%s); ignored", serving_key(model), exc)
-            continue
+        serving: ServingState | None = parse(state.get(serving_key(model)), ServingState)
+        champion = serving.champion() if serving is not None else None
         if champion is not None:
             desired[model] = champion
     return desired
 
 
+def latest_serving_update(state: Mapping[str, bytes], models: Sequence[str]) -> datetime | None:
+    stamps = [
+        s.updated_at for m in models if (s := parse(state.get(serving_key(m)), ServingState)) is not None
+    ]
+    return max(stamps, default=None)
+
+
+def desired_plan(
+    state: Mapping[str, bytes], service: str, models: Sequence[str], fallback: Versions, instance: str
+) -> Plan:
+    """The plan the control log asks of this instance (docs/deployments.md)."""
+    champion = desired_versions(state, models, fallback)
+    rollout: RolloutState | None = parse(state.get(rollout_key(service)), RolloutState)
+    if rollout is None:
+        return Plan(pinned(champion))
+    epoch = rollout.epoch
+    if not rollout.running:
+        # A finished rollout's outcome stands until the registry's aliases are moved again after it (the
+        # controller publishes both; whichever is read first, this instance never flips back meanwhile).
+        serving_at = latest_serving_update(state, models)
+        if serving_at is None or serving_at <= rollout.updated_at:
+            outcome = rollout.challenger if rollout.status == "promoted" else rollout.champion
+            champion = {**champion, **outcome}
+        return Plan(pinned(champion), epoch=epoch)
+    champion = {**champion, **rollout.champion}
+    challenger = {**champion, **rollout.challenger}
+    if rollout.strategy == "rolling":
+        switched = instance in rollout.switched
+        return Plan(pinned(challenger if switched else champion), epoch=epoch)
+    mode = "shadow" if rollout.strategy == "shadow" else "split"
+    return Plan(pinned(champion), pinned(challenger), rollout.share(), mode, epoch)
+
+
+def parts_of(scorer: Scorer) -> Sequence[Scorer]:
+    """The scorers a routed scorer is made of (each is warmed up), or the scorer itself."""
+    parts: Sequence[Scorer] | None = getattr(scorer, "parts", None)
+    return parts if parts is not None else (scorer,)
+
+
 def warm_up(scorer: Scorer, sample: Sequence[Any]) -> str | None:
-    """Score one real batch with a freshly loaded scorer; the reason it is unfit, or None."""
-    events = [event for event in sample if event.event_type in scorer.scored_event_types]
-    if not events:
-        return None
-    try:
-        result = scorer.score(events, datetime.now(UTC))
-    except Exception as exc:  # a model may raise anything from its predict
-        return f"warm-up failed: {exc!r}"
-    if len(result.failures) == len(events):
-        return f"warm-up failed: every one of {len(events)} events unscoreable ({result.failures[0][1]})"
+    """Score one real batch with each freshly built scorer; the reason one is unfit, or None."""
+    for part in parts_of(scorer):
+        events = [event for event in sample if event.event_type in part.scored_event_types]
+        if not events:
+            continue
+        try:
+            result = part.score(events, datetime.now(UTC))
+        except Exception as exc:  # a model may raise anything from its predict
+            return f"warm-up failed: {exc!r}"
+        if len(result.failures) == len(events):
+            return f"warm-up failed: every one of {len(events)} events unscoreable ({result.failures[0][1]})"
     return None
 
 
-class HotReloader:
-    """Follows the control log on a thread of its own and prepares the scorer of each new desired state.
+def changed_versions(plan: Plan, serving: Plan) -> dict[str, str]:
+    """The versions `plan` would newly load (what a refusal is about)."""
+    before = set(serving.champion) | set(serving.challenger)
+    return dict(sorted((set(plan.champion) | set(plan.challenger)) - before))
 
-    `load(versions)` builds a scorer of exactly those registry versions (raising when one cannot be loaded);
-    `on_refused(versions, reason)` reports a version that failed to load or warm up. The run loop calls
-    `offer_sample` with each batch's events (the warm-up batch) and `take_swap` at each batch boundary.
+
+class HotReloader:
+    """Follows the control log on a thread of its own and prepares the scorer of each new desired plan.
+
+    `build(plan)` makes a scorer of exactly that plan (raising when a version cannot be loaded);
+    `on_refused(versions, reason)` reports versions that failed to load or warm up. The run loop calls
+    `offer_sample` with each batch's events (the warm-up batch) and `take_swap` at each batch boundary;
+    `status_source` (set by the run loop) gives what the status record reports.
     """
 
     def __init__(
         self,
         service: str,
+        instance: str,
         models: Sequence[str],
-        serving: Versions,
+        fallback: Versions,
+        serving: Plan,
         control: ControlLog,
-        load: LoadScorer,
+        build: Callable[[Plan], Scorer],
         on_refused: OnRefused,
     ) -> None:
         self.service = service
+        self.instance = instance
         self.models = tuple(models)
-        self.serving = dict(serving)
+        self.fallback = dict(fallback)
+        self.serving = serving
         self.control = control
-        self.load = load
+        self.build = build
         self.on_refused = on_refused
-        self.refused: dict[str, str] | None = None
+        self.refused: Plan | None = None
+        self.refusal = ""
+        self.status_source: Callable[[], dict[str, Any]] | None = None
         self._sample: Sequence[Any] = ()
         self._sampled = threading.Event()
         self._ready: Swap | None = None
@@ -120,63 +207,78 @@ class HotReloader:
             self._sampled.set()
 
     def take_swap(self) -> Swap | None:
-        """A warmed scorer for the new desired versions, once; None when there is nothing to swap."""
+        """A warmed scorer for the new desired plan, once; None when there is nothing to swap."""
         if self._ready is None:
             return None
         with self._lock:
             ready, self._ready = self._ready, None
         if ready is not None:
-            self.serving = dict(ready.versions)
+            self.serving = ready.plan
         return ready
 
+    def desired(self) -> Plan:
+        return desired_plan(self.control.state, self.service, self.models, self.fallback, self.instance)
+
     def _follow(self) -> None:
+        last_status = 0.0
         try:
             while not self._stop.is_set():
                 if self.control.poll(POLL_S):
-                    self._prepare(desired_versions(self.control.state, self.models, self.serving))
+                    self._prepare(self.desired())
+                if time.monotonic() - last_status >= STATUS_INTERVAL_S:
+                    self._publish_status()
+                    last_status = time.monotonic()
         except Exception:
-            log.exception(
-                "%s: following the control topic failed; this instance keeps its version", self.service
-            )
+            log.exception("%s: following the control topic failed; keeping the current plan", self.service)
         finally:
             self.control.close()
 
-    def _prepare(self, desired: dict[str, str]) -> None:
-        pending = self._ready.versions if self._ready is not None else self.serving
-        if desired == pending or desired == self.refused:
+    def _publish_status(self) -> None:
+        status = {
+            "service": self.service,
+            "instance": self.instance,
+            "serving": self.serving.label,
+            "epoch": self.serving.epoch,
+            "refused": self.refusal,
+            "updated_at": datetime.now(UTC).isoformat(),
+            **(self.status_source() if self.status_source is not None else {}),
+        }
+        key = f"{STATUS_PREFIX}{self.service}/{self.instance}"
+        self.control.publish(key, json.dumps(status).encode())
+
+    def _prepare(self, plan: Plan) -> None:
+        pending = self._ready.plan if self._ready is not None else self.serving
+        if plan == pending or plan == self.refused:
             return
-        log.info(
-            "%s: loading %s (serving %s)", self.service, versions_label(desired), versions_label(self.serving)
-        )
+        log.info("%s: preparing %s (serving %s)", self.service, plan.label, self.serving.label)
         try:
-            scorer = self.load(desired)
+            scorer = self.build(plan)
         except Exception as exc:
-            self._refuse(desired, f"load failed: {exc}")
+            self._refuse(plan, f"load failed: {exc}")
             return
         if not self._sampled.is_set():
-            log.info(
-                "%s: %s loaded; waiting for a batch to warm it up with", self.service, versions_label(desired)
-            )
+            log.info("%s: %s loaded; waiting for a batch to warm it up with", self.service, plan.label)
         self._sampled.wait()
         if self._stop.is_set():
             return
         problem = warm_up(scorer, self._sample)
         if problem is not None:
-            self._refuse(desired, problem)
+            self._refuse(plan, problem)
             return
         with self._lock:
-            self._ready = Swap(scorer, desired)
-        self.refused = None
-        log.info("%s: %s warmed up; swapping it in at the next batch", self.service, versions_label(desired))
+            self._ready = Swap(scorer, plan)
+        self.refused, self.refusal = None, ""
+        log.info("%s: %s warmed up; swapping it in at the next batch", self.service, plan.label)
 
-    def _refuse(self, desired: dict[str, str], reason: str) -> None:
-        self.refused = desired
-        changed = {m: v for m, v in desired.items() if self.serving.get(m) != v}
+    def _refuse(self, plan: Plan, reason: str) -> None:
+        self.refused = plan
+        changed = changed_versions(plan, self.serving)
+        self.refusal = f"{versions_label(changed)}: {reason}"
         log.error(
             "%s: refused %s (%s); still serving %s",
             self.service,
             versions_label(changed),
             reason,
-            versions_label(self.serving),
+            self.serving.label,
         )
         self.on_refused(changed, reason)

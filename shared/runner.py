@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from schemas.control import SwitchRecord, switch_key
 from shared.dead_letter import DeadLetter, dead_letter_for
 from shared.errors import KafkaUnavailableError
 from shared.guarantees import AtLeastOnce, DeliveryLedger, IntervalCommitter
@@ -26,7 +27,7 @@ from shared.kafka import KafkaError, KafkaException, TopicPartition, produce_wit
 from shared.metrics import ServiceMetrics
 from shared.protocols import EncodedOutput, MessageProducer, RecordConsumer, Scorer
 from shared.records import Headers, InputRecord, offset_ranges
-from shared.reload import HotReloader, versions_label
+from shared.reload import HotReloader
 from shared.serde import Rejected, RideEventModel, decode_event
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class RunnerConfig:
     service: str
     output_topic: str
     dlq_topic: str
+    shadow_topic: str = ""
+    # Where switch records go (the control topic) and the instance name they carry; "" writes none.
+    control_topic: str = ""
+    instance: str = ""
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
@@ -223,7 +228,13 @@ class ServiceRunner:
         self.watch = watch or BrokerWatch()
         self.stats = RunStats()
         self.reloader = reloader
-        serving = versions_label(reloader.serving) if reloader is not None else ""
+        self.epoch = 0
+        # (topic, partition) → (epoch, offset) of the last switch record written
+        self.recorded_switches: dict[tuple[str, int], tuple[int, int]] = {}
+        serving = ""
+        if reloader is not None:
+            serving, self.epoch = reloader.serving.label, reloader.serving.epoch
+            reloader.status_source = self.status
         self.metrics.on_model_loaded(scorer.model_name, scorer.model_version, serving)
         self._last_lag = 0.0
 
@@ -258,12 +269,53 @@ class ServiceRunner:
         if swap is None:
             return
         previous = self.scorer.model_version
-        self.scorer = swap.scorer
-        label = versions_label(swap.versions)
+        self.scorer, self.epoch = swap.scorer, swap.plan.epoch
+        label = swap.plan.label
         self.metrics.on_model_swapped(self.scorer.model_name, self.scorer.model_version, label)
         log.info(
-            "%s: now serving %s (%s; was %s)", self.config.service, label, self.scorer.model_version, previous
+            "%s: now serving %s (%s; was %s), epoch %d",
+            self.config.service,
+            label,
+            self.scorer.model_version,
+            previous,
+            self.epoch,
         )
+
+    def status(self) -> dict[str, Any]:
+        """What this instance reports on the control topic (read from the reload thread)."""
+        return {
+            "predicted": dict(getattr(self.scorer, "predicted", {})),
+            "unscoreable": dict(getattr(self.scorer, "unscoreable", {})),
+            "p99_ms": self.metrics.recent_p99_ms(),
+            "consumed": self.stats.consumed,
+            "dead_lettered": self.stats.dead_lettered,
+        }
+
+    def record_switches(self, records: Sequence[InputRecord], ledger: DeliveryLedger) -> None:
+        """Write down, for each partition in this batch seen first under the current epoch, the offset from
+        which it is scored under it: produced with the batch, so under exactly-once in its transaction."""
+        if self.epoch == 0 or not self.config.control_topic:
+            return
+        for span in offset_ranges(records):
+            where = (span.topic, span.partition)
+            epoch, offset = self.recorded_switches.get(where, (0, -1))
+            # Written once per epoch, and again when the partition is replayed from before that offset (an
+            # aborted transaction took the first record with it).
+            if epoch == self.epoch and span.first > offset:
+                continue
+            self.recorded_switches[where] = (self.epoch, span.first)
+            record = SwitchRecord(
+                service=self.config.service,
+                topic=span.topic,
+                partition=span.partition,
+                offset=span.first,
+                epoch=self.epoch,
+                instance=self.config.instance,
+            )
+            key = switch_key(self.config.service, span.partition, self.epoch, span.first)
+            self.produce(
+                self.config.control_topic, key.encode(), record.model_dump_json().encode(), None, ledger
+            )
 
     def raise_if_fatal(self) -> None:
         if self.watch.fatal is not None:
@@ -309,6 +361,7 @@ class ServiceRunner:
         if self.reloader is not None:
             self.reloader.offer_sample(batch.plan.events())
         ledger = DeliveryLedger()
+        self.record_switches(records, ledger)
         self.produce_outputs(batch, ledger)
         self.committer.complete(
             offset_ranges(records), ledger, len(records), on_commit=lambda: count_outputs(self.metrics, batch)
@@ -316,8 +369,13 @@ class ServiceRunner:
         record_batch(self.metrics, self.stats, batch, len(records), time.monotonic() - started)
 
     def produce_outputs(self, batch: ScoredBatch, ledger: DeliveryLedger) -> None:
+        output, shadow = (
+            self.config.output_topic,
+            self.config.shadow_topic or f"{self.config.output_topic}.shadow",
+        )
         for prediction in batch.predictions:
-            self.produce(self.config.output_topic, prediction.key, prediction.value, None, ledger)
+            topic = shadow if prediction.shadow else output
+            self.produce(topic, prediction.key, prediction.value, prediction.headers, ledger)
         for letter in batch.dead_letters:
             self.produce(self.config.dlq_topic, letter.key, letter.value, letter.headers, ledger)
 

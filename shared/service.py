@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.topics import CONTROL_TOPIC, RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
+from schemas.topics import (
+    CONTROL_TOPIC,
+    RIDE_EVENTS_TOPIC,
+    dead_letter_topic,
+    prediction_topic,
+    shadow_topic,
+)
 from shared.guarantees import (
     COMMIT_INTERVAL_S,
     COMMIT_MAX_MESSAGES,
@@ -57,6 +63,7 @@ class ServiceSettings(BaseSettings):
     input_topic: str = RIDE_EVENTS_TOPIC
     output_topic: str
     dlq_topic: str
+    shadow_topic: str = Field(default="", description="a shadow rollout's outputs (default <output>.shadow)")
     models_dir: Path = DEFAULT_MODELS_DIR
     control_topic: str = Field(
         default=CONTROL_TOPIC, min_length=1, description="the fleet's desired state, followed for hot reload"
@@ -103,6 +110,10 @@ class ServiceSettings(BaseSettings):
     )
 
     @property
+    def resolved_shadow_topic(self) -> str:
+        return self.shadow_topic or shadow_topic(self.output_topic)
+
+    @property
     def transactional_id(self) -> str:
         """Stable per instance, so a restarted instance fences its predecessor's unfinished transaction."""
         return f"{self.group_id}.{self.instance_name}"
@@ -112,6 +123,9 @@ class ServiceSettings(BaseSettings):
             service=self.service,
             output_topic=self.output_topic,
             dlq_topic=self.dlq_topic,
+            shadow_topic=self.resolved_shadow_topic,
+            control_topic=self.control_topic,
+            instance=self.instance_name,
             batch_size=self.batch_size,
             batch_timeout_s=self.batch_timeout_s,
             broker_loss_timeout_s=self.broker_loss_timeout_s,
@@ -147,7 +161,12 @@ def run_service(
     model versions `reloader` prepares, when there is one)."""
     client_config = kafka.client_config()
     wait_for_cluster(client_config, kafka.connect_timeout_s)
-    for topic in (settings.input_topic, settings.output_topic, settings.dlq_topic):
+    for topic in (
+        settings.input_topic,
+        settings.output_topic,
+        settings.dlq_topic,
+        settings.resolved_shadow_topic,
+    ):
         ensure_topic(client_config, topic, settings.output_partitions)
     watch = BrokerWatch()
     consumer_overrides: dict[str, object] = {

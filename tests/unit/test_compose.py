@@ -18,7 +18,9 @@ from stack.cli import app
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
 OURS = {
-    name: spec for name, spec in COMPOSE["services"].items() if spec.get("image", "").startswith("ridestream:")
+    name: spec
+    for name, spec in COMPOSE["services"].items()
+    if spec.get("image", "").startswith("ridestream:")
 }
 SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "KAFKA_": KafkaSettings,
