@@ -47,10 +47,16 @@ def serve(
         return run_service(settings, kafka, spec.load_scorer(settings.models_dir), stop, metrics)
     client_config = kafka.client_config()
     wait_for_cluster(client_config, kafka.connect_timeout_s)
-    scorer, reloader = follow_control(
-        spec, settings, ControlLog(client_config, settings.control_topic), metrics
-    )
-    return run_service(settings, kafka, scorer, stop, metrics, reloader)
+    control = ControlLog(client_config, settings.control_topic)
+    try:
+        scorer, reloader = follow_control(spec, settings, control, metrics)
+    except BaseException:
+        control.close()
+        raise
+    try:
+        return run_service(settings, kafka, scorer, stop, metrics, reloader)
+    finally:
+        reloader.stop()  # (the runner stops it on its way out too; a failure before it exists does not)
 
 
 class PlanBuilder:
@@ -97,9 +103,11 @@ def follow_control(
             except Exception as exc:  # the refusal is logged and counted already; the tag is a courtesy
                 log.warning("could not tag %s/%s as refused in the registry: %s", model, version, exc)
 
+    moved_at = {m: t for m in spec.models if (t := registry.aliases_moved_at(m)) is not None}
     build = PlanBuilder(spec, settings)
     state = control.read_to_end()
-    plan = desired_plan(state, settings.service, spec.models, champions, settings.instance_name)
+    plan = desired_plan(state, settings.service, spec.models, champions, settings.instance_name, moved_at)
+    refused_at_start: Plan | None = None
     try:
         scorer = build(plan)
     except ModelArtifactError as exc:
@@ -110,11 +118,21 @@ def follow_control(
         # broker, a corrupt version published while this instance was down): serve the registry's own.
         log.error("refused %s from the control topic (%s); serving the registry's champions", plan.label, exc)
         refused(changed_versions(plan, fallback), f"load failed: {exc}")
-        plan = fallback
+        refused_at_start, plan = plan, fallback
         scorer = build(plan)
     reloader = HotReloader(
-        settings.service, settings.instance_name, spec.models, champions, plan, control, build, refused
+        settings.service,
+        settings.instance_name,
+        spec.models,
+        champions,
+        plan,
+        control,
+        build,
+        refused,
+        moved_at,
     )
+    if refused_at_start is not None:
+        reloader.refused = refused_at_start
     reloader.start()
     return scorer, reloader
 

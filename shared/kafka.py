@@ -227,9 +227,16 @@ class KafkaRecordConsumer:
         return records_of(self.client.consume(num_messages, timeout))
 
     def subscribe(
-        self, topics: list[str], on_assign: Callable[..., None], on_revoke: Callable[..., None]
+        self,
+        topics: list[str],
+        on_assign: Callable[..., None],
+        on_revoke: Callable[..., None],
+        on_lost: Callable[..., None] | None = None,
     ) -> None:
-        self.client.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+        if on_lost is None:
+            self.client.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke)
+        else:
+            self.client.subscribe(topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
 
     def commit(self, offsets: list[TopicPartition]) -> None:
         self.client.commit(offsets=offsets, asynchronous=False)

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ DATABASE = "mlflow.db"
 ARTIFACTS = "artifacts"
 SERVING_CACHE = ".serving"
 REFUSED_TAG = "ridestream.refused"
+ALIASES_MOVED_TAG = "ridestream.aliases_moved_at"
 # MLflow's own chatter (alembic migrations on a new store, the tracking URI it picked) is not the user's.
 for _noisy in ("alembic", "mlflow"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -166,6 +168,18 @@ class ModelRegistry:
             raise ConfigError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
         self.version_of(model, None, version)  # a clear error for an unknown model or version
         self.client.set_registered_model_alias(model, alias, version)
+        stamp = datetime.now(UTC).isoformat()
+        self.client.set_registered_model_tag(model, ALIASES_MOVED_TAG, stamp)
+
+    def aliases_moved_at(self, model: str) -> datetime | None:
+        """When an alias of `model` was last moved through ridestream (None if never or unknown)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            stamp = (self.client.get_registered_model(model).tags or {}).get(ALIASES_MOVED_TAG)
+        except MlflowException:
+            return None
+        return datetime.fromisoformat(stamp) if stamp else None
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -232,20 +246,32 @@ class ModelRegistry:
         """The registered version (by alias or number), downloaded and checked like any artifact."""
         found = self.version_of(model, alias, version)
         local = self.models_dir / SERVING_CACHE / model / str(found.version)
-        if not metadata_path(local, model).is_file() or not artifact_path(local, model).is_file():
-            self.download(found.run_id, local)
+        if not complete(local, model):
+            self.download(found.run_id, local, model)
         return load_model(local, model, features)
 
-    def download(self, run_id: str, target: Path) -> None:
-        """The version's files into `target`, whole or not at all (a staging folder renamed into place)."""
+    def download(self, run_id: str, target: Path, model: str | None = None) -> None:
+        """The version's files into `target`, whole or not at all (a staging folder renamed into place).
+        Replicas sharing one cache may download the same version at once: whichever renames first wins,
+        and a complete folder already there is kept."""
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             fetched = Path(self.client.download_artifacts(run_id, "model", str(staging)))
+            if model is not None and complete(target, model):
+                return
             shutil.rmtree(target, ignore_errors=True)
-            fetched.rename(target)
+            try:
+                fetched.rename(target)
+            except OSError:
+                if model is None or not complete(target, model):
+                    raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def complete(folder: Path, model: str) -> bool:
+    return metadata_path(folder, model).is_file() and artifact_path(folder, model).is_file()
 
 
 def flat_params(params: dict[str, Any]) -> dict[str, str]:

@@ -82,12 +82,21 @@ def parse(raw: bytes | None, contract: type[ServingState] | type[RolloutState]) 
         return None
 
 
-def desired_versions(state: Mapping[str, bytes], models: Sequence[str], fallback: Versions) -> dict[str, str]:
-    """Each model's champion by the control log, or `fallback`'s version when the log does not name one."""
+def desired_versions(
+    state: Mapping[str, bytes],
+    models: Sequence[str],
+    fallback: Versions,
+    fallback_at: Mapping[str, datetime] | None = None,
+) -> dict[str, str]:
+    """Each model's champion by the control log, or `fallback`'s version (the registry's) when the log does
+    not name one or the registry's aliases moved after the log's record (a `models alias` without Kafka)."""
     desired = dict(fallback)
     for model in models:
         serving: ServingState | None = parse(state.get(serving_key(model)), ServingState)
         champion = serving.champion() if serving is not None else None
+        moved_at = (fallback_at or {}).get(model)
+        if serving is not None and moved_at is not None and moved_at > serving.updated_at:
+            continue
         if champion is not None:
             desired[model] = champion
     return desired
@@ -101,10 +110,15 @@ def latest_serving_update(state: Mapping[str, bytes], models: Sequence[str]) -> 
 
 
 def desired_plan(
-    state: Mapping[str, bytes], service: str, models: Sequence[str], fallback: Versions, instance: str
+    state: Mapping[str, bytes],
+    service: str,
+    models: Sequence[str],
+    fallback: Versions,
+    instance: str,
+    fallback_at: Mapping[str, datetime] | None = None,
 ) -> Plan:
     """The plan the control log asks of this instance (docs/deployments.md)."""
-    champion = desired_versions(state, models, fallback)
+    champion = desired_versions(state, models, fallback, fallback_at)
     rollout: RolloutState | None = parse(state.get(rollout_key(service)), RolloutState)
     if rollout is None:
         return Plan(pinned(champion))
@@ -172,11 +186,13 @@ class HotReloader:
         control: ControlLog,
         build: Callable[[Plan], Scorer],
         on_refused: OnRefused,
+        fallback_at: Mapping[str, datetime] | None = None,
     ) -> None:
         self.service = service
         self.instance = instance
         self.models = tuple(models)
         self.fallback = dict(fallback)
+        self.fallback_at = dict(fallback_at or {})
         self.serving = serving
         self.control = control
         self.build = build
@@ -208,23 +224,31 @@ class HotReloader:
 
     def take_swap(self) -> Swap | None:
         """A warmed scorer for the new desired plan, once; None when there is nothing to swap."""
-        if self._ready is None:
+        if self._ready is None:  # the common case, without taking the lock
             return None
         with self._lock:
             ready, self._ready = self._ready, None
-        if ready is not None:
-            self.serving = ready.plan
+            if ready is not None:
+                self.serving = ready.plan
         return ready
 
+    def relevant(self, changes: Sequence[tuple[str, bytes | None]]) -> bool:
+        """Records that can change this instance's plan (not the instances' status reports)."""
+        keys = {serving_key(m) for m in self.models} | {rollout_key(self.service)}
+        return any(key in keys for key, _value in changes)
+
     def desired(self) -> Plan:
-        return desired_plan(self.control.state, self.service, self.models, self.fallback, self.instance)
+        return desired_plan(
+            self.control.state, self.service, self.models, self.fallback, self.instance, self.fallback_at
+        )
 
     def _follow(self) -> None:
         last_status = 0.0
         try:
             while not self._stop.is_set():
-                if self.control.poll(POLL_S):
-                    self._prepare(self.desired())
+                changes = self.control.poll(POLL_S)
+                if changes and self.relevant(changes):
+                    self._prepare_guarded(self.desired())
                 if time.monotonic() - last_status >= STATUS_INTERVAL_S:
                     self._publish_status()
                     last_status = time.monotonic()
@@ -246,9 +270,18 @@ class HotReloader:
         key = f"{STATUS_PREFIX}{self.service}/{self.instance}"
         self.control.publish(key, json.dumps(status).encode())
 
+    def _prepare_guarded(self, plan: Plan) -> None:
+        try:
+            self._prepare(plan)
+        except Exception:  # one bad plan must not end the following: the next record may mend it
+            log.exception("%s: preparing %s failed; keeping %s", self.service, plan.label, self.serving.label)
+
     def _prepare(self, plan: Plan) -> None:
-        pending = self._ready.plan if self._ready is not None else self.serving
-        if plan == pending or plan == self.refused:
+        """Build, warm and hand over `plan`. A plan refused before is tried again: it is asked for by a new
+        record (the alias moved again, or a version failed only because the registry was down)."""
+        with self._lock:
+            pending = self._ready.plan if self._ready is not None else self.serving
+        if plan == pending:
             return
         log.info("%s: preparing %s (serving %s)", self.service, plan.label, self.serving.label)
         try:

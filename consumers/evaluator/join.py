@@ -14,15 +14,16 @@ Arrival order does not matter: a prediction waits for its outcome up to `max_wai
 expired), an outcome waits `grace_s` for late predictions, then the ride is forgotten.
 
 Restarts count nothing twice. A snapshot carries `counted_through`, the next offset per topic at the time of
-the sums it holds, and `resume`, the lowest offset per topic of any record of a ride still held. A restarted
-join replays from `resume` and, for a pair whose records both lie below `counted_through`, only remembers
-it: that pair is in the restored sums already (and a duplicate of it arriving later is still recognised).
+the sums it holds; `resume`, the lowest offset per topic of any record of a ride still held; and `held`,
+those rides. A restarted join replays from `resume`. A replayed record (below `counted_through`) of a ride
+not held is passed over, and a pair whose records both lie below `counted_through` is only remembered:
+both are in the restored sums already (and a later duplicate of such a pair is still recognised).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -66,24 +67,59 @@ class FigureKey(NamedTuple):
 
 @dataclass
 class Sums:
-    """count, Σ error, Σ |error|, Σ error² of (predicted − actual)."""
+    """count, Σ error, Σ |error|, Σ error², Σ error⁴ of (predicted − actual): the last one gives the
+    variance of the squared error, for confidence intervals of the MSE."""
 
     count: int = 0
     error: float = 0.0
     abs_error: float = 0.0
     sq_error: float = 0.0
+    fourth_error: float = 0.0
 
     def add(self, error: float) -> None:
+        square = error * error
         self.count += 1
         self.error += error
         self.abs_error += abs(error)
-        self.sq_error += error * error
+        self.sq_error += square
+        self.fourth_error += square * square
 
     def merge(self, other: Sums) -> None:
         self.count += other.count
         self.error += other.error
         self.abs_error += other.abs_error
         self.sq_error += other.sq_error
+        self.fourth_error += other.fourth_error
+
+    def minus(self, earlier: Sums) -> Sums:
+        """What was added since `earlier` (a snapshot of the same sums)."""
+        return Sums(
+            self.count - earlier.count,
+            self.error - earlier.error,
+            self.abs_error - earlier.abs_error,
+            self.sq_error - earlier.sq_error,
+            self.fourth_error - earlier.fourth_error,
+        )
+
+    def as_list(self) -> list[float]:
+        return [self.count, self.error, self.abs_error, self.sq_error, self.fourth_error]
+
+    @classmethod
+    def from_list(cls, values: Sequence[float]) -> Sums:
+        count, error, abs_error, sq_error, *fourth = values
+        return cls(int(count), error, abs_error, sq_error, fourth[0] if fourth else 0.0)
+
+    @property
+    def mse(self) -> float:
+        return self.sq_error / self.count if self.count else math.nan
+
+    @property
+    def mse_variance(self) -> float:
+        """The sample variance of the squared errors."""
+        if self.count < 2:
+            return math.nan
+        mean = self.mse
+        return max(0.0, (self.fourth_error - self.count * mean * mean) / (self.count - 1))
 
     @property
     def rmse(self) -> float:
@@ -123,7 +159,13 @@ def prediction_from(topic: str, offset: int, record: Mapping[str, Any]) -> Predi
     """The parts of a decoded prediction record the join needs; None when it is not a known prediction."""
     service = record.get("prediction_type")
     value_field = VALUE_FIELDS.get(service) if isinstance(service, str) else None
-    if value_field is None or not isinstance(record.get(value_field), (int, float)):
+    if value_field is None:
+        return None
+    value, elapsed = record.get(value_field), record.get("elapsed_seconds", 0.0) or 0.0
+    numbers = (value, elapsed)
+    if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers):
+        return None
+    if not all(math.isfinite(n) for n in numbers):  # type: ignore[arg-type]  # json.loads takes NaN
         return None
     return Prediction(
         topic,
@@ -132,8 +174,8 @@ def prediction_from(topic: str, offset: int, record: Mapping[str, Any]) -> Predi
         str(record.get("source_event_id", "")),
         str(record.get("model_name", "")),
         str(record.get("model_version", "")),
-        float(record[value_field]),
-        float(record.get("elapsed_seconds", 0.0) or 0.0),
+        float(value),  # type: ignore[arg-type]
+        float(elapsed),
     )
 
 
@@ -159,10 +201,14 @@ class PartitionJoin:
         resume: Mapping[str, int] | None = None,
         sums: Mapping[FigureKey, Sums] | None = None,
         expired: int = 0,
+        held: Iterable[str] = (),
     ) -> None:
         self.partition = partition
         self.rides: dict[str, Ride] = {}
         self.counted_through = dict(counted_through or {})
+        # The rides the restored snapshot still held: a replayed record (below counted_through) of any other
+        # ride belongs to a ride already judged or expired, and is passed over.
+        self.restoring: set[str] = set(held)
         # Where reading (re)starts per topic: a restored join has not passed its snapshot's resume yet.
         self.through = dict(resume or {})
         self.sums: dict[FigureKey, Sums] = dict(sums or {})
@@ -171,6 +217,11 @@ class PartitionJoin:
     def _seen(self, topic: str, offset: int) -> None:
         if offset + 1 > self.through.get(topic, 0):
             self.through[topic] = offset + 1
+
+    def _done_before(self, ride_id: str, record: Prediction | Outcome) -> bool:
+        """A replayed record of a ride the snapshot no longer held (its pairs are in the sums already)."""
+        replayed = record.offset < self.counted_through.get(record.topic, 0)
+        return replayed and ride_id not in self.rides and ride_id not in self.restoring
 
     def _ride(self, ride_id: str, record: Prediction | Outcome, now: float) -> Ride:
         ride = self.rides.get(ride_id)
@@ -202,6 +253,8 @@ class PartitionJoin:
 
     def add_prediction(self, ride_id: str, prediction: Prediction, now: float) -> None:
         self._seen(prediction.topic, prediction.offset)
+        if self._done_before(ride_id, prediction):
+            return
         ride = self._ride(ride_id, prediction, now)
         if ride.outcome is None:
             ride.waiting.append(prediction)
@@ -210,6 +263,8 @@ class PartitionJoin:
 
     def add_outcome(self, ride_id: str, outcome: Outcome, now: float) -> None:
         self._seen(outcome.topic, outcome.offset)
+        if self._done_before(ride_id, outcome):
+            return
         ride = self._ride(ride_id, outcome, now)
         if ride.outcome is not None:
             return  # a replayed ride_completed: the first one stands
@@ -226,8 +281,10 @@ class PartitionJoin:
             if ride.outcome is None and now - ride.first_seen > max_wait_s:
                 expired += len(ride.waiting)
                 del self.rides[ride_id]
+                self.restoring.discard(ride_id)
             elif ride.outcome is not None and now - ride.outcome_at > grace_s:
                 del self.rides[ride_id]
+                self.restoring.discard(ride_id)
         self.expired += expired
         return expired
 
@@ -241,12 +298,20 @@ class PartitionJoin:
         return resume
 
     def snapshot(self) -> dict[str, Any]:
+        # Mid-replay, `through` is still below the restored counted_through: never move that mark back.
+        counted = {
+            topic: max(self.through.get(topic, 0), self.counted_through.get(topic, 0))
+            for topic in {*self.through, *self.counted_through}
+        }
+        if all(self.through.get(t, 0) >= offset for t, offset in self.counted_through.items()):
+            self.restoring.clear()  # the replay is over: every held ride has been read again
         return {
             "partition": self.partition,
-            "counted_through": dict(self.through),
+            "counted_through": counted,
             "resume": self.resume_offsets(),
             "expired": self.expired,
             "waiting_rides": len(self.rides),
+            "held": sorted(set(self.rides) | self.restoring),
             "figures": [
                 {
                     **key._asdict(),
@@ -254,6 +319,7 @@ class PartitionJoin:
                     "sum_error": s.error,
                     "sum_abs_error": s.abs_error,
                     "sum_sq_error": s.sq_error,
+                    "sum_fourth_error": s.fourth_error,
                 }
                 for key, s in sorted(self.sums.items())
             ],
@@ -267,13 +333,18 @@ class PartitionJoin:
             resume=snapshot.get("resume", {}),
             sums=figures_of(snapshot),
             expired=int(snapshot.get("expired", 0)),
+            held=snapshot.get("held", ()),
         )
 
 
 def figures_of(snapshot: Mapping[str, Any]) -> dict[FigureKey, Sums]:
     return {
         FigureKey(f["service"], f["model"], f["version"], f["segment"]): Sums(
-            int(f["count"]), float(f["sum_error"]), float(f["sum_abs_error"]), float(f["sum_sq_error"])
+            int(f["count"]),
+            float(f["sum_error"]),
+            float(f["sum_abs_error"]),
+            float(f["sum_sq_error"]),
+            float(f.get("sum_fourth_error", 0.0)),
         )
         for f in snapshot.get("figures", [])
     }

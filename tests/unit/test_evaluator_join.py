@@ -136,6 +136,39 @@ def test_a_crash_after_any_snapshot_resumes_without_counting_anything_twice(
     assert_same(restarted.sums, expected_figures(arrivals))
 
 
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.data())
+def test_restarts_one_after_another_mid_replay_count_nothing_twice_and_hold_nothing_back(
+    arrivals: list[Arrival], data: st.DataObject
+) -> None:
+    join = PartitionJoin(0)
+    position = 0  # arrivals before this are durable in the latest snapshot's resume
+    snapshot = join.snapshot()
+    for _restart in range(data.draw(st.integers(1, 4))):
+        resume = snapshot["resume"]
+        replay = [a for a in arrivals if a.record.offset >= resume.get(a.record.topic, 0)]
+        cut = data.draw(st.integers(0, len(replay)))
+        join = PartitionJoin.restore(snapshot)
+        feed(join, replay[:cut])
+        snapshot = join.snapshot()  # taken mid-replay, then the process dies
+        position = max(position, cut)
+    join = PartitionJoin.restore(snapshot)
+    resume = snapshot["resume"]
+    feed(join, [a for a in arrivals if a.record.offset >= resume.get(a.record.topic, 0)])
+    assert_same(join.sums, expected_figures(arrivals))
+    outcomes = {a.ride_id for a in arrivals if isinstance(a.record, Outcome)}
+    unmatched = {
+        (a.ride_id, a.record.source_event_id)
+        for a in arrivals
+        if isinstance(a.record, Prediction) and a.ride_id not in outcomes
+    }
+    waiting = sum(len(r.waiting) for r in join.rides.values())
+    assert waiting <= len(unmatched) * 2, "only rides without an outcome wait (each copy of a duplicate)"
+    assert all(ride_id not in outcomes or r.outcome is not None for ride_id, r in join.rides.items()), (
+        "no half-ride whose outcome was judged before the snapshot waits again"
+    )
+
+
 def test_a_prediction_waits_for_its_outcome_at_most_max_wait() -> None:
     join = PartitionJoin(0)
     join.add_prediction("late", Prediction(PREDICTIONS, 0, "cost", "e1", "cost", "a", 20.0, 0.0), now=0.0)
