@@ -87,9 +87,12 @@ class RolloutState(Contract):
     epoch: int = Field(ge=1)
     gates: Gates = Field(default_factory=Gates)
     step_started_at: UtcDatetime
-    # The evaluator's fleet figures at the step's start, "model/version" → sums: a step's evidence is the
-    # difference from these.
+    # "model/registry version" → the artifact version its predictions carry (what the evaluator reports)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    # The evaluator's fleet figures, "model/artifact version" → sums (count, Σe, Σ|e|, Σe², Σe⁴), at the
+    # step's start and at the rollout's start: a step's evidence is the difference from these.
     baseline: dict[str, list[float]] = Field(default_factory=dict)
+    start_baseline: dict[str, list[float]] = Field(default_factory=dict)
     decisions: list[Decision] = Field(default_factory=list)
     # rolling: the instances (by instance name) serving the challenger so far, in the order they switched
     switched: list[str] = Field(default_factory=list)

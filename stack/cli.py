@@ -52,6 +52,19 @@ def _register_broker() -> None:
 
 _register_broker()
 
+
+def _register_deploy() -> None:
+    from stack.deploy_cli import deploy_app
+
+    app.add_typer(
+        deploy_app,
+        name="deploy",
+        help="Roll a new model version out: canary, A/B, shadow (docs/deployments.md).",
+    )
+
+
+_register_deploy()
+
 models_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(models_app, name="models", help="The model registry: versions, aliases, what serves.")
 ControlTopicOption = Annotated[

@@ -1,0 +1,554 @@
+"""Rollouts on the live fleet: start one, decide each step on evidence, finish it (docs/deployments.md).
+
+    ridestream deploy start SERVICE --strategy canary|ab|shadow --challenger VERSION   publishes the plan
+    ridestream deploy controller        follows every rollout and decides canary steps on its gates
+    ridestream deploy status|report     what runs, with each version's live figures / the evidence
+    ridestream deploy promote|rollback|abort SERVICE
+
+Everything a rollout is lives in its record on the control topic (rollout/<service>), so any controller
+instance, restarted or not, carries on from there. Controllers form a consumer group on the one-partition
+control topic: the member holding the partition is the one that decides.
+
+Evidence is the evaluator's figures (sums per model version, summed over partitions). A step's challenger
+figures are the difference from the step's start; the champion's reference is everything since the rollout
+started (at the last step the champion may see no rides at all).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from consumers.evaluator.join import FigureKey, Sums, fleet_figures
+from consumers.evaluator.service import EVALUATOR_GROUP, latest_snapshots
+from consumers.registry import ServiceSpec
+from schemas.control import (
+    CANARY_STEPS,
+    MAX_DECISIONS,
+    ROLLOUT_PREFIX,
+    STATUS_PREFIX,
+    STRATEGIES,
+    Action,
+    Decision,
+    Gates,
+    RolloutState,
+    RolloutStatus,
+    Strategy,
+)
+from schemas.topics import CONTROL_TOPIC, EVALUATIONS_TOPIC
+from shared.control import ControlLog, operator, publish_control, serving_records
+from shared.errors import ConfigError, RidestreamError
+from shared.kafka import OFFSET_BEGINNING, TopicPartition, make_consumer
+from shared.registry import CHALLENGER, CHAMPION, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+# The figure a model is judged by: one prediction per ride (rides, not events, are the unit), except the
+# dynamic model, judged over all its segments.
+HEADLINE_SEGMENT = {"duration": "start", "tip": "card", "cost": "all"}
+ALPHA = 0.05
+Z_95 = 1.959964
+CONTROLLER_GROUP = "ridestream-deploy-controller"
+SUPPORTED: tuple[Strategy, ...] = ("canary", "ab", "shadow")
+__all__ = ["STRATEGIES", "operator"]
+
+
+class Verdict(NamedTuple):
+    action: Action | None  # None: not enough evidence yet
+    reason: str
+    evidence: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------- figures, pure
+
+
+def version_sums(figures: Mapping[FigureKey, Sums], model: str, artifact: str) -> Sums:
+    total = Sums()
+    headline = HEADLINE_SEGMENT.get(model)
+    for key, sums in figures.items():
+        if key.model == model and key.version == artifact and headline in (None, key.segment):
+            total.merge(sums)
+    return total
+
+
+def figure_key(model: str, artifact: str) -> str:
+    return f"{model}/{artifact}"
+
+
+def baseline_of(
+    figures: Mapping[FigureKey, Sums], artifacts: Iterable[tuple[str, str]]
+) -> dict[str, list[float]]:
+    return {figure_key(m, a): version_sums(figures, m, a).as_list() for m, a in artifacts}
+
+
+def since(
+    figures: Mapping[FigureKey, Sums], baseline: Mapping[str, list[float]], model: str, artifact: str
+) -> Sums:
+    earlier = baseline.get(figure_key(model, artifact))
+    current = version_sums(figures, model, artifact)
+    return current.minus(Sums.from_list(earlier)) if earlier else current
+
+
+def describe(sums: Sums) -> dict[str, Any]:
+    return {
+        "count": sums.count,
+        "rmse": finite(sums.rmse),
+        "mae": finite(sums.mae),
+        "bias": finite(sums.bias),
+    }
+
+
+def finite(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 6)
+
+
+def changed_models(state: RolloutState) -> list[str]:
+    return [m for m, v in sorted(state.challenger.items()) if state.champion.get(m) != v]
+
+
+def artifact(state: RolloutState, model: str, side: str) -> str:
+    versions = state.champion if side == CHAMPION else state.challenger
+    return state.artifacts.get(f"{model}/{versions[model]}", "")
+
+
+# --------------------------------------------------------------------------------------- gates, pure
+
+
+def health_problem(state: RolloutState, statuses: Sequence[Mapping[str, Any]]) -> str | None:
+    """A reason to roll back from the instances' own reports, or None."""
+    gates = state.gates
+    challenger_versions = {f"{m}={v}" for m, v in state.challenger.items()}
+    for status in statuses:
+        refused = str(status.get("refused", ""))
+        if refused and any(v in refused for v in challenger_versions):
+            return f"{status.get('instance')} refused the challenger: {refused}"
+        if status.get("epoch") != state.epoch:
+            continue
+        predicted = status.get("predicted", {}).get("challenger", 0)
+        unscoreable = status.get("unscoreable", {}).get("challenger", 0)
+        if (
+            predicted + unscoreable >= 50
+            and unscoreable / (predicted + unscoreable) > gates.max_unscoreable_rate
+        ):
+            return (
+                f"{status.get('instance')}: {unscoreable} of {predicted + unscoreable} challenger events "
+                f"unscoreable (limit {gates.max_unscoreable_rate:.1%})"
+            )
+        p99 = status.get("p99_ms")
+        if isinstance(p99, (int, float)) and p99 > gates.max_p99_ms:
+            return f"{status.get('instance')}: p99 {p99:.0f} ms over the {gates.max_p99_ms:.0f} ms limit"
+    return None
+
+
+def canary_verdict(
+    state: RolloutState, figures: Mapping[FigureKey, Sums], statuses: Sequence[Mapping[str, Any]]
+) -> Verdict:
+    """The decision on a canary's current step: roll back at the first failed gate; advance (or promote,
+    at the last step) once every changed model has `min_rides` judged rides and is within tolerance."""
+    problem = health_problem(state, statuses)
+    if problem is not None:
+        return Verdict("rollback", problem, {})
+    gates, evidence, waiting = state.gates, {}, []
+    for model in changed_models(state):
+        champion = since(figures, state.start_baseline, model, artifact(state, model, CHAMPION))
+        challenger = since(figures, state.baseline, model, artifact(state, model, CHALLENGER))
+        limit = champion.rmse * (1 + gates.tolerance)
+        evidence[model] = {
+            "champion": describe(champion),
+            "challenger": describe(challenger),
+            "limit": finite(limit),
+        }
+        if challenger.count < gates.min_rides or champion.count < gates.min_rides:
+            waiting.append(f"{model}: {challenger.count}/{champion.count} of {gates.min_rides} rides judged")
+        elif challenger.rmse > limit:
+            return Verdict(
+                "rollback",
+                f"{model}: challenger RMSE {challenger.rmse:.3f} over {challenger.count} rides exceeds the "
+                f"champion's {champion.rmse:.3f} × {1 + gates.tolerance:.2f} = {limit:.3f}",
+                evidence,
+            )
+    if waiting:
+        return Verdict(None, "; ".join(waiting), evidence)
+    last = state.step >= len(state.steps) - 1
+    return Verdict(
+        "promote" if last else "advance",
+        f"step {state.step + 1} of {len(state.steps)} at {state.share():.0%} passed every gate",
+        evidence,
+    )
+
+
+def significance(a: Sums, b: Sums) -> dict[str, Any]:
+    """Welch's z-test on the mean squared error of two variants (large samples): the difference, its 95%
+    interval and two-sided p-value."""
+    if a.count < 2 or b.count < 2:
+        return {"difference_mse": None, "p_value": None}
+    difference = a.mse - b.mse
+    se = math.sqrt(a.mse_variance / a.count + b.mse_variance / b.count)
+    if se == 0:
+        return {
+            "difference_mse": difference,
+            "interval": [difference, difference],
+            "p_value": 1.0 if difference == 0 else 0.0,
+        }
+    z = difference / se
+    return {
+        "difference_mse": difference,
+        "interval": [difference - Z_95 * se, difference + Z_95 * se],
+        "z": z,
+        "p_value": math.erfc(abs(z) / math.sqrt(2)),
+    }
+
+
+def rmse_interval(sums: Sums) -> list[float] | None:
+    """95% interval of the RMSE (the MSE's normal interval, square-rooted)."""
+    if sums.count < 2:
+        return None
+    half = Z_95 * math.sqrt(sums.mse_variance / sums.count)
+    return [math.sqrt(max(0.0, sums.mse - half)), math.sqrt(sums.mse + half)]
+
+
+def report(state: RolloutState, figures: Mapping[FigureKey, Sums], alpha: float = ALPHA) -> dict[str, Any]:
+    """Each variant's error since the rollout started, with intervals, and a winner only when significant."""
+    models = {}
+    for model in changed_models(state):
+        champion = since(figures, state.start_baseline, model, artifact(state, model, CHAMPION))
+        challenger = since(figures, state.start_baseline, model, artifact(state, model, CHALLENGER))
+        test = significance(challenger, champion)
+        p_value = test.get("p_value")
+        winner = None
+        if p_value is not None and p_value < alpha:
+            winner = CHALLENGER if test["difference_mse"] < 0 else CHAMPION
+        models[model] = {
+            "segment": HEADLINE_SEGMENT.get(model, "all segments"),
+            CHAMPION: {
+                **describe(champion),
+                "version": state.champion[model],
+                "rmse_95": rmse_interval(champion),
+            },
+            CHALLENGER: {
+                **describe(challenger),
+                "version": state.challenger[model],
+                "rmse_95": rmse_interval(challenger),
+            },
+            "challenger_minus_champion": test,
+            "alpha": alpha,
+            "winner": winner,
+            "verdict": (
+                f"{winner} is better (p = {p_value:.2g})"
+                if winner
+                else "no significant difference" + (f" (p = {p_value:.2g})" if p_value is not None else "")
+            ),
+        }
+    return {"service": state.service, "strategy": state.strategy, "status": state.status, "models": models}
+
+
+# ---------------------------------------------------------------------------------- state changes, pure
+
+
+def decided(
+    state: RolloutState, action: Action, reason: str, evidence: dict[str, Any], **update: Any
+) -> RolloutState:
+    now = datetime.now(UTC)
+    decision = Decision(at=now, action=action, step=state.step, reason=reason, evidence=evidence)
+    decisions = [*state.decisions, decision][-MAX_DECISIONS:]
+    return state.model_copy(update={"decisions": decisions, "updated_at": now, **update})
+
+
+def advanced(
+    state: RolloutState, figures: Mapping[FigureKey, Sums], reason: str, evidence: dict[str, Any]
+) -> RolloutState:
+    challenger = [(m, artifact(state, m, CHALLENGER)) for m in state.challenger]
+    return decided(
+        state,
+        "advance",
+        reason,
+        evidence,
+        step=state.step + 1,
+        epoch=state.epoch + 1,
+        step_started_at=datetime.now(UTC),
+        baseline=baseline_of(figures, challenger),
+    )
+
+
+def finished(
+    state: RolloutState, status: RolloutStatus, action: Action, reason: str, evidence: dict[str, Any]
+) -> RolloutState:
+    return decided(state, action, reason, evidence, status=status, epoch=state.epoch + 1)
+
+
+# ------------------------------------------------------------------------------------------ Kafka I/O
+
+
+@dataclass
+class FleetState:
+    """The control log and the evaluations, as the controller and the status commands see them."""
+
+    rollouts: dict[str, RolloutState] = field(default_factory=dict)
+    statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    figures: dict[FigureKey, Sums] = field(default_factory=dict)
+
+
+def fleet_state(
+    control: Mapping[str, bytes], evaluations: Mapping[str, bytes], evaluator_group: str = EVALUATOR_GROUP
+) -> FleetState:
+    import json
+
+    state = FleetState(figures=fleet_figures(latest_snapshots(evaluations, evaluator_group).values()))
+    for key, value in control.items():
+        if key.startswith(ROLLOUT_PREFIX):
+            try:
+                rollout = RolloutState.model_validate_json(value)
+            except ValueError as exc:
+                log.warning("control record %s is not a rollout (%s); ignored", key, exc)
+                continue
+            state.rollouts[rollout.service] = rollout
+        elif key.startswith(STATUS_PREFIX):
+            try:
+                status = json.loads(value)
+            except ValueError:
+                continue
+            state.statuses.setdefault(str(status.get("service")), []).append(status)
+    return state
+
+
+def read_fleet_state(
+    client_config: Mapping[str, str],
+    control_topic: str = CONTROL_TOPIC,
+    evaluations_topic: str = EVALUATIONS_TOPIC,
+    evaluator_group: str = EVALUATOR_GROUP,
+) -> FleetState:
+    readers = [ControlLog(client_config, control_topic), ControlLog(client_config, evaluations_topic)]
+    try:
+        control, evaluations = (reader.read_to_end() for reader in readers)
+        return fleet_state(control, evaluations, evaluator_group)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def publish_rollout(
+    client_config: Mapping[str, str],
+    state: RolloutState,
+    control_topic: str = CONTROL_TOPIC,
+    serving: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """The rollout's record, then (on promotion) the models' moved aliases, in one ordered append."""
+    records = [(state.key, state.model_dump_json().encode())]
+    if serving:
+        records += serving_records(serving, operator())
+    publish_control(client_config, records, control_topic)
+    last = state.decisions[-1] if state.decisions else None
+    log.info(
+        "%s %s: %s%s",
+        state.service,
+        state.strategy,
+        state.status,
+        f" ({last.action}: {last.reason})" if last else "",
+    )
+
+
+def conclude(
+    client_config: Mapping[str, str],
+    registry: ModelRegistry,
+    state: RolloutState,
+    action: Action,
+    reason: str,
+    evidence: dict[str, Any],
+    control_topic: str = CONTROL_TOPIC,
+) -> RolloutState:
+    """Promote (the challenger becomes champion in the registry and on the control topic), roll back or
+    abort (the champion stays)."""
+    if not state.running:
+        raise RidestreamError(f"the {state.strategy} of {state.service} is over already ({state.status})")
+    if action == "promote":
+        for model, version in state.challenger.items():
+            registry.set_alias(model, CHAMPION, version)
+        done = finished(state, "promoted", action, reason, evidence)
+        aliases = {model: registry.aliases(model) for model in state.challenger}
+        publish_rollout(client_config, done, control_topic, aliases)
+        return done
+    status: RolloutStatus = "rolled_back" if action == "rollback" else "aborted"
+    done = finished(state, status, action, reason, evidence)
+    publish_rollout(client_config, done, control_topic)
+    return done
+
+
+def parse_challenger(spec: ServiceSpec, challenger: str) -> dict[str, str]:
+    """`3` (every model of the service at version 3) or `duration=3,dynamic_duration=2`."""
+    if "=" not in challenger:
+        return {model: challenger for model in spec.models}
+    versions = {}
+    for part in challenger.split(","):
+        model, _, version = part.partition("=")
+        if model.strip() not in spec.models:
+            raise ConfigError(f"{model.strip()!r} is not a model of {spec.name} ({', '.join(spec.models)})")
+        versions[model.strip()] = version.strip()
+    return versions
+
+
+def steps_for(strategy: Strategy, steps: Sequence[float] | None, share: float | None) -> list[float]:
+    if strategy == "canary":
+        chosen = list(steps or CANARY_STEPS)
+        if chosen != sorted(chosen) or chosen[-1] != 1.0:
+            raise ConfigError(f"canary steps must grow and end at 100%, not {[f'{s:.0%}' for s in chosen]}")
+        return chosen
+    if steps:
+        raise ConfigError(f"--steps is for canaries; a {strategy} takes --share")
+    return [share if share is not None else (0.5 if strategy == "ab" else 1.0)]
+
+
+def started(
+    spec: ServiceSpec,
+    registry: ModelRegistry,
+    fleet: FleetState,
+    strategy: Strategy,
+    challenger: Mapping[str, str],
+    steps: list[float],
+    gates: Gates,
+) -> RolloutState:
+    """The record that starts a rollout, after checking it can start."""
+    if strategy not in SUPPORTED:
+        raise ConfigError(
+            f"--strategy {strategy} is not built yet (supported: {', '.join(SUPPORTED)}); "
+            "see docs/deployments.md"
+        )
+    current = fleet.rollouts.get(spec.name)
+    if current is not None and current.running:
+        raise ConfigError(
+            f"a {current.strategy} of {spec.name} is running (step {current.step + 1}); "
+            f"promote, roll it back or abort it first: ridestream deploy rollback {spec.name}"
+        )
+    champion = {}
+    for model in spec.models:
+        version = registry.alias_version(model, CHAMPION)
+        if version is None:
+            raise ConfigError(f"{model} has no champion: train first (ridestream train)")
+        champion[model] = version
+    challenger = {**champion, **challenger}
+    if challenger == champion:
+        raise ConfigError(f"the challenger is the champion ({champion}): nothing to roll out")
+    artifacts = {}
+    for model, version in {*champion.items(), *challenger.items()}:
+        info = registry.describe(registry.version_of(model, None, version))
+        artifacts[f"{model}/{version}"] = info.artifact_version
+        if info.refused:
+            log.warning("%s/%s was refused before: %s", model, version, info.refused)
+    for model, version in challenger.items():
+        if champion[model] != version:
+            registry.set_alias(model, CHALLENGER, version)
+    now = datetime.now(UTC)
+    draft = RolloutState(
+        service=spec.name,
+        strategy=strategy,
+        champion=champion,
+        challenger=challenger,
+        steps=steps,
+        epoch=(current.epoch + 1) if current is not None else 1,
+        gates=gates,
+        step_started_at=now,
+        artifacts=artifacts,
+        updated_at=now,
+    )
+    pairs = [(m, artifact(draft, m, side)) for m in draft.challenger for side in (CHAMPION, CHALLENGER)]
+    baseline = baseline_of(fleet.figures, pairs)
+    reason = f"{strategy} of {spec.name}: challenger {challenger} against champion {champion}, steps {steps}"
+    return decided(draft, "start", reason, {}, baseline=baseline, start_baseline=baseline)
+
+
+class Controller:
+    """Decides canary steps for every service. Only the member of CONTROLLER_GROUP holding the control
+    topic's one partition acts; the others wait (a warm standby)."""
+
+    def __init__(
+        self,
+        client_config: Mapping[str, str],
+        registry: ModelRegistry,
+        control_topic: str = CONTROL_TOPIC,
+        evaluations_topic: str = EVALUATIONS_TOPIC,
+        evaluator_group: str = EVALUATOR_GROUP,
+        interval_s: float = 2.0,
+        group: str = CONTROLLER_GROUP,
+    ) -> None:
+        self.client_config = dict(client_config)
+        self.registry = registry
+        self.control_topic = control_topic
+        self.evaluator_group = evaluator_group
+        self.interval_s = interval_s
+        self.control: dict[str, bytes] = {}
+        self.consumer = make_consumer(
+            client_config, group, {"isolation.level": "read_committed", "enable.partition.eof": False}
+        )
+        self.evaluations = ControlLog(client_config, evaluations_topic)
+        # rollouts this controller has published and not yet read back: never decide on a stale record
+        self.published: dict[str, int] = {}
+        self.leading = False
+
+    def on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self.control.clear()
+        consumer.assign([TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions])
+        self.leading = bool(partitions)
+        log.info("deploy controller %s", "leading" if self.leading else "standing by")
+
+    def on_revoke(self, consumer: Any, _partitions: list[TopicPartition]) -> None:
+        self.leading = False
+        consumer.unassign()
+
+    def poll(self, timeout_s: float) -> None:
+        for message in self.consumer.consume(500, timeout_s):
+            if message.error() is None and message.key() is not None:
+                key = (message.key() or b"").decode(errors="replace")
+                value = message.value()
+                if value is None:
+                    self.control.pop(key, None)
+                else:
+                    self.control[key] = value
+        self.evaluations.poll(0)
+
+    def step(self) -> list[RolloutState]:
+        """One round of decisions; returns the rollouts it changed."""
+        fleet = fleet_state(self.control, self.evaluations.state, self.evaluator_group)
+        changed = []
+        for service, state in fleet.rollouts.items():
+            if not state.running or state.strategy != "canary":
+                continue
+            if self.published.get(service, 0) > state.epoch:
+                continue  # our last decision is not read back yet
+            verdict = canary_verdict(state, fleet.figures, fleet.statuses.get(service, []))
+            if verdict.action is None:
+                continue
+            if verdict.action == "advance":
+                after = advanced(state, fleet.figures, verdict.reason, verdict.evidence)
+                publish_rollout(self.client_config, after, self.control_topic)
+            else:
+                after = conclude(
+                    self.client_config,
+                    self.registry,
+                    state,
+                    verdict.action,
+                    verdict.reason,
+                    verdict.evidence,
+                    self.control_topic,
+                )
+            self.published[service] = after.epoch
+            changed.append(after)
+        return changed
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.subscribe([self.control_topic], on_assign=self.on_assign, on_revoke=self.on_revoke)
+        self.evaluations.read_to_end()
+        last = 0.0
+        try:
+            while not stop.is_set():
+                self.poll(0.5)
+                if self.leading and time.monotonic() - last >= self.interval_s:
+                    self.step()
+                    last = time.monotonic()
+        finally:
+            self.consumer.close()
+            self.evaluations.close()
