@@ -89,6 +89,7 @@ class Verifier(threading.Thread):
         self.arrivals: list[float] = []
         # partition → the model_version of each output, in offset order (which version scored what).
         self.versions: dict[int, list[str]] = {}
+        self.values: list[bytes] = []
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -96,7 +97,8 @@ class Verifier(threading.Thread):
             while not self.stopping.is_set():
                 for message in self.consumer.consume(5000, 0.2):
                     if message.error() is None:
-                        output = json.loads(message.value() or b"{}")
+                        self.values.append(message.value() or b"{}")
+                        output = json.loads(self.values[-1])
                         self.counts[output.get("source_event_id", "?")] += 1
                         self.arrivals.append(time.monotonic())
                         partition = self.versions.setdefault(message.partition() or 0, [])

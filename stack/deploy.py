@@ -482,7 +482,10 @@ class Controller:
         self.interval_s = interval_s
         self.control: dict[str, bytes] = {}
         self.consumer = make_consumer(
-            client_config, group, {"isolation.level": "read_committed", "enable.partition.eof": False}
+            client_config,
+            group,
+            # eager assignment: the callback re-assigns the partition from its beginning
+            {"isolation.level": "read_committed", "partition.assignment.strategy": "range"},
         )
         self.evaluations = ControlLog(client_config, evaluations_topic)
         # rollouts this controller has published and not yet read back: never decide on a stale record

@@ -268,11 +268,12 @@ def controller(
     control_topic: ControlTopic = CONTROL_TOPIC,
     evaluations_topic: EvaluationsTopic = EVALUATIONS_TOPIC,
     evaluator_group: EvaluatorGroup = EVALUATOR_GROUP,
+    group: Annotated[str, typer.Option(help="controllers' consumer group")] = deploy.CONTROLLER_GROUP,
 ) -> None:
     """Decide canary steps on their gates until stopped (run one or more; one decides at a time)."""
     stop = threading.Event()
     install_stop_handlers(stop)
     config = client_config(bootstrap_servers)
     deploy.Controller(
-        config, ModelRegistry(models), control_topic, evaluations_topic, evaluator_group, interval
+        config, ModelRegistry(models), control_topic, evaluations_topic, evaluator_group, interval, group
     ).run(stop)

@@ -1,0 +1,111 @@
+"""Rollout decisions, pure: a canary's gates, the A/B report's significance, the start checks."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from consumers.evaluator.join import FigureKey, Sums
+from consumers.registry import service_spec
+from schemas.control import Gates, RolloutState
+from shared.errors import ConfigError
+from stack import deploy
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def canary(step: int = 0, **gates: float) -> RolloutState:
+    return RolloutState(
+        service="tip",
+        strategy="canary",
+        champion={"tip": "1"},
+        challenger={"tip": "2"},
+        steps=[0.2, 0.5, 1.0],
+        step=step,
+        epoch=3,
+        gates=Gates(min_rides=100, tolerance=0.1, **gates),  # type: ignore[arg-type]
+        step_started_at=NOW,
+        artifacts={"tip/1": "aaa", "tip/2": "bbb"},
+        updated_at=NOW,
+    )
+
+
+def sums_of(errors: list[float]) -> Sums:
+    total = Sums()
+    for error in errors:
+        total.add(error)
+    return total
+
+
+def figures(champion: list[float], challenger: list[float]) -> dict[FigureKey, Sums]:
+    return {
+        FigureKey("tip", "tip", "aaa", "card"): sums_of(champion),
+        FigureKey("tip", "tip", "bbb", "card"): sums_of(challenger),
+        # cash rides are not the tip's headline figure: never part of the evidence
+        FigureKey("tip", "tip", "bbb", "other"): sums_of([100.0] * 500),
+    }
+
+
+def noise(n: int, scale: float, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [rng.gauss(0, scale) for _ in range(n)]
+
+
+def test_a_step_waits_for_enough_rides_then_advances_and_the_last_step_promotes() -> None:
+    waiting = deploy.canary_verdict(canary(), figures(noise(500, 1.0, 1), noise(40, 1.0, 2)), [])
+    assert waiting.action is None and "40/500 of 100" in waiting.reason
+    good = figures(noise(500, 1.0, 1), noise(300, 1.02, 2))
+    assert deploy.canary_verdict(canary(), good, []).action == "advance"
+    assert deploy.canary_verdict(canary(step=2), good, []).action == "promote"
+
+
+def test_a_worse_challenger_is_rolled_back_with_its_evidence() -> None:
+    verdict = deploy.canary_verdict(canary(), figures(noise(500, 1.0, 1), noise(300, 1.5, 2)), [])
+    assert verdict.action == "rollback" and "exceeds the champion's" in verdict.reason
+    assert verdict.evidence["tip"]["challenger"]["count"] == 300
+
+
+def test_instances_reports_fail_a_step_at_once() -> None:
+    good = figures(noise(500, 1.0, 1), noise(300, 1.0, 2))
+    refused = [{"instance": "tip-1", "epoch": 3, "refused": "tip=2: load failed: corrupt"}]
+    assert deploy.canary_verdict(canary(), good, refused).action == "rollback"
+    broken = [
+        {"instance": "tip-1", "epoch": 3, "predicted": {"challenger": 90}, "unscoreable": {"challenger": 10}}
+    ]
+    assert "unscoreable" in deploy.canary_verdict(canary(), good, broken).reason
+    slow = [{"instance": "tip-1", "epoch": 3, "p99_ms": 5000.0}]
+    assert "p99" in deploy.canary_verdict(canary(max_p99_ms=100.0), good, slow).reason
+    stale = [{"instance": "tip-1", "epoch": 2, "p99_ms": 5000.0}]
+    assert deploy.canary_verdict(canary(max_p99_ms=100.0), good, stale).action == "advance", "older epochs"
+
+
+def test_a_step_is_judged_on_its_own_rides() -> None:
+    state = canary(step=1)
+    before = figures(noise(500, 1.0, 1), noise(300, 3.0, 2))  # the challenger was bad in an earlier step...
+    state = state.model_copy(update={"baseline": deploy.baseline_of(before, [("tip", "bbb")])})
+    later = figures(noise(500, 1.0, 1), noise(300, 3.0, 2) + noise(300, 1.0, 3))
+    assert deploy.canary_verdict(state, later, []).action == "advance", "...and is judged on this step's"
+
+
+def test_the_report_names_a_winner_only_when_the_difference_is_significant() -> None:
+    state = canary()
+    same = deploy.report(state, figures(noise(2000, 1.0, 1), noise(2000, 1.0, 2)))["models"]["tip"]
+    assert same["winner"] is None and same["verdict"].startswith("no significant difference")
+    low, high = same["champion"]["rmse_95"]
+    assert low < same["champion"]["rmse"] < high
+    better = deploy.report(state, figures(noise(2000, 1.3, 1), noise(2000, 1.0, 2)))["models"]["tip"]
+    assert better["winner"] == "challenger" and better["challenger_minus_champion"]["p_value"] < 0.05
+
+
+def test_start_options_are_checked() -> None:
+    spec = service_spec("duration")
+    assert deploy.parse_challenger(spec, "3") == {"duration": "3", "dynamic_duration": "3"}
+    assert deploy.parse_challenger(spec, "duration=3") == {"duration": "3"}
+    with pytest.raises(ConfigError, match="not a model of duration"):
+        deploy.parse_challenger(spec, "tip=3")
+    assert deploy.steps_for("canary", None, None) == [0.05, 0.25, 0.5, 1.0]
+    assert deploy.steps_for("ab", None, None) == [0.5]
+    with pytest.raises(ConfigError, match="end at 100%"):
+        deploy.steps_for("canary", [0.5, 0.2], None)
