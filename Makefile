@@ -49,8 +49,10 @@ docker-up: broker-jars
 docker-down: install
 	$(BIN)/python -m stack.docker down
 
-# The full fault-injection suite (long): prints a table, writes results/faults.json.
+# The long tests (marked slow: own broker clusters, long rollouts) and the full fault-injection suite:
+# prints a table, writes results/faults.json.
 faults: broker-jars
+	$(BIN)/python -m pytest -m "slow and not docker"
 	$(BIN)/python -m bench.faults $(ARGS)
 
 # Consumer benchmark against the raw client's ceiling and the peers, with a 1M-event memory soak:

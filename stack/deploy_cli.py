@@ -214,50 +214,48 @@ def report(
 
 
 def conclude_command(
-    service: str, action: Action, models: Path, bootstrap_servers: str | None, control_topic: str
+    service: str,
+    action: Action,
+    models: Path,
+    bootstrap_servers: str | None,
+    control_topic: str,
+    evaluations_topic: str,
+    evaluator_group: str,
 ) -> None:
+    """A person's decision, recorded with the evidence at that moment (the report)."""
     config = client_config(bootstrap_servers)
-    fleet = deploy.read_fleet_state(config, control_topic)
+    fleet = deploy.read_fleet_state(config, control_topic, evaluations_topic, evaluator_group)
     state = fleet.rollouts.get(service)
     if state is None:
         raise ConfigError(f"no rollout of {service} on {control_topic}")
-    done = deploy.conclude(
-        config, ModelRegistry(models), state, action, f"{action} by {deploy.operator()}", {}, control_topic
-    )
+    evidence = deploy.report(state, fleet.figures)["models"]
+    reason = f"{action} by {deploy.operator()}"
+    done = deploy.conclude(config, ModelRegistry(models), state, action, reason, evidence, control_topic)
     Console(stderr=True).print(f"{service}: {done.status} (epoch {done.epoch})")
 
 
-@deploy_app.command("promote")
-def promote(
-    service: ServiceArg,
-    models: Registry = Path("models"),
-    bootstrap_servers: Bootstrap = None,
-    control_topic: ControlTopic = CONTROL_TOPIC,
-) -> None:
-    """End the rollout with the challenger as champion (registry and control topic)."""
-    conclude_command(service, "promote", models, bootstrap_servers, control_topic)
+def _register_conclusion(action: Action, summary: str) -> None:
+    def command(
+        service: ServiceArg,
+        models: Registry = Path("models"),
+        bootstrap_servers: Bootstrap = None,
+        control_topic: ControlTopic = CONTROL_TOPIC,
+        evaluations_topic: EvaluationsTopic = EVALUATIONS_TOPIC,
+        evaluator_group: EvaluatorGroup = EVALUATOR_GROUP,
+    ) -> None:
+        conclude_command(
+            service, action, models, bootstrap_servers, control_topic, evaluations_topic, evaluator_group
+        )
+
+    command.__doc__ = summary
+    deploy_app.command(action)(command)
 
 
-@deploy_app.command("rollback")
-def rollback(
-    service: ServiceArg,
-    models: Registry = Path("models"),
-    bootstrap_servers: Bootstrap = None,
-    control_topic: ControlTopic = CONTROL_TOPIC,
-) -> None:
-    """End the rollout: every ride goes back to the champion."""
-    conclude_command(service, "rollback", models, bootstrap_servers, control_topic)
-
-
-@deploy_app.command("abort")
-def abort(
-    service: ServiceArg,
-    models: Registry = Path("models"),
-    bootstrap_servers: Bootstrap = None,
-    control_topic: ControlTopic = CONTROL_TOPIC,
-) -> None:
-    """Like rollback, recorded as aborted (stopped by a person, not judged)."""
-    conclude_command(service, "abort", models, bootstrap_servers, control_topic)
+_register_conclusion(
+    "promote", "End the rollout with the challenger as champion (registry and control topic)."
+)
+_register_conclusion("rollback", "End the rollout: every ride goes back to the champion.")
+_register_conclusion("abort", "Like rollback, recorded as aborted (stopped by a person, not judged).")
 
 
 @deploy_app.command("controller")

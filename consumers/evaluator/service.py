@@ -135,6 +135,15 @@ class EvaluatorMetrics:
         self.waiting.set(waiting)
 
 
+def settled_partition_count(client_config: Mapping[str, str], topic: str, timeout_s: float = 15.0) -> int:
+    """The topic's partition count once its metadata has spread: a topic another process has just created
+    can show 0 partitions for a moment."""
+    deadline = time.monotonic() + timeout_s
+    while (found := partition_count(client_config, topic)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)  # metadata propagation has no event to wait on
+    return found
+
+
 def outcome_of(record: InputRecord) -> tuple[str, Outcome] | None:
     """(ride_id, outcome) of a ride_completed record; None for other events (and bad records, which the
     scoring services dead-letter)."""
@@ -203,7 +212,7 @@ class Evaluator:
             partitions = partition_count(self.client_config, self.settings.input_topic)
         for topic in self.topics[1:]:
             ensure_topic(self.client_config, topic, partitions)
-            found = partition_count(self.client_config, topic)
+            found = settled_partition_count(self.client_config, topic)
             if found != partitions:
                 raise ConfigError(
                     f"{topic} has {found} partitions, {self.settings.input_topic} has {partitions}: the "
