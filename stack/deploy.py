@@ -55,7 +55,9 @@ HEADLINE_SEGMENT = {"duration": "start", "tip": "card", "cost": "all"}
 ALPHA = 0.05
 Z_95 = 1.959964
 CONTROLLER_GROUP = "ridestream-deploy-controller"
-SUPPORTED: tuple[Strategy, ...] = ("canary", "ab", "shadow")
+SUPPORTED: tuple[Strategy, ...] = ("canary", "rolling", "ab", "shadow")
+# An instance whose status is older than this is not counted as part of the fleet (it reports every 2 s).
+LIVE_S = 10.0
 __all__ = ["STRATEGIES", "operator"]
 
 
@@ -183,6 +185,53 @@ def canary_verdict(
     )
 
 
+def live_instances(statuses: Sequence[Mapping[str, Any]], now: datetime) -> list[Mapping[str, Any]]:
+    live = []
+    for status in statuses:
+        try:
+            at = datetime.fromisoformat(str(status.get("updated_at")))
+        except ValueError:
+            continue
+        if (now - at).total_seconds() <= LIVE_S:
+            live.append(status)
+    return sorted(live, key=lambda s: str(s.get("instance")))
+
+
+def rolling_verdict(state: RolloutState, statuses: Sequence[Mapping[str, Any]], now: datetime) -> Verdict:
+    """Switch instances one at a time: the next one only once the last one serves the challenger and has
+    scored since it switched; a last one that cannot serve it halts the roll and takes every instance back."""
+    instances = live_instances(statuses, now)
+    if not instances:
+        return Verdict(None, "no instance of the service reports", {})
+    by_name = {str(s.get("instance")): s for s in instances}
+    target = ",".join(f"{m}={v}" for m, v in sorted(state.challenger.items()))
+    if state.switched:
+        name = state.switched[-1]
+        last = by_name.get(name)
+        if last is None:
+            return Verdict(None, f"{name} does not report (restarting?)", {})
+        refused = str(last.get("refused", ""))
+        if refused and target.split(",")[0] in refused:
+            reason = f"{name} cannot serve the challenger ({refused}): roll halted, every instance back"
+            return Verdict("rollback", reason, {"instance": dict(last)})
+        since = next(
+            (d.evidence.get("consumed") for d in reversed(state.decisions) if d.action == "advance"), 0
+        )
+        if last.get("epoch") != state.epoch or last.get("serving") != target:
+            return Verdict(None, f"{name} is switching to {target}", {})
+        if int(last.get("consumed", 0)) <= int(since or 0):
+            return Verdict(None, f"{name} serves {target}; waiting for it to score", {})
+    remaining = [s for s in instances if str(s.get("instance")) not in state.switched]
+    if not remaining:
+        return Verdict("promote", f"all {len(state.switched)} instances serve {target} and score", {})
+    following = remaining[0]
+    return Verdict(
+        "advance",
+        f"switching {following.get('instance')} ({len(state.switched) + 1} of {len(instances)})",
+        {"next": following.get("instance"), "consumed": following.get("consumed", 0)},
+    )
+
+
 def significance(a: Sums, b: Sums) -> dict[str, Any]:
     """Welch's z-test on the mean squared error of two variants (large samples): the difference, its 95%
     interval and two-sided p-value."""
@@ -273,6 +322,19 @@ def advanced(
         epoch=state.epoch + 1,
         step_started_at=datetime.now(UTC),
         baseline=baseline_of(figures, challenger),
+    )
+
+
+def rolled_on(state: RolloutState, reason: str, evidence: dict[str, Any]) -> RolloutState:
+    """The next instance switches (rolling)."""
+    return decided(
+        state,
+        "advance",
+        reason,
+        evidence,
+        switched=[*state.switched, str(evidence["next"])],
+        epoch=state.epoch + 1,
+        step_started_at=datetime.now(UTC),
     )
 
 
@@ -400,6 +462,10 @@ def steps_for(strategy: Strategy, steps: Sequence[float] | None, share: float | 
         return chosen
     if steps:
         raise ConfigError(f"--steps is for canaries; a {strategy} takes --share")
+    if strategy == "rolling":
+        if share is not None:
+            raise ConfigError("a rolling rollout switches whole instances: no --share")
+        return [1.0]
     return [share if share is not None else (0.5 if strategy == "ab" else 1.0)]
 
 
@@ -518,14 +584,21 @@ class Controller:
         fleet = fleet_state(self.control, self.evaluations.state, self.evaluator_group)
         changed = []
         for service, state in fleet.rollouts.items():
-            if not state.running or state.strategy != "canary":
+            if not state.running or state.strategy not in ("canary", "rolling"):
                 continue
             if self.published.get(service, 0) > state.epoch:
                 continue  # our last decision is not read back yet
-            verdict = canary_verdict(state, fleet.figures, fleet.statuses.get(service, []))
+            statuses = fleet.statuses.get(service, [])
+            if state.strategy == "rolling":
+                verdict = rolling_verdict(state, statuses, datetime.now(UTC))
+            else:
+                verdict = canary_verdict(state, fleet.figures, statuses)
             if verdict.action is None:
                 continue
-            if verdict.action == "advance":
+            if verdict.action == "advance" and state.strategy == "rolling":
+                after = rolled_on(state, verdict.reason, verdict.evidence)
+                publish_rollout(self.client_config, after, self.control_topic)
+            elif verdict.action == "advance":
                 after = advanced(state, fleet.figures, verdict.reason, verdict.evidence)
                 publish_rollout(self.client_config, after, self.control_topic)
             else:

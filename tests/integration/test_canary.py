@@ -173,3 +173,88 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_without_a_person(
     assert worthless, "the shuffled model did serve its share during its canary"
     assert all(ride_bucket(str(o["ride_id"])) < SHARE for o in worthless), "only on its share of rides"
     assert all(o.get("variant") == "challenger" for o in worthless)
+
+
+@pytest.mark.slow  # ~2 min: run by `make faults` and `make test-all`
+def test_a_roll_across_three_instances_loses_nothing_and_a_challenger_that_cannot_load_halts_it(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., str],
+    registry_with_challengers: Path,
+    controller: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    registry = ModelRegistry(registry_with_challengers)
+    registry.set_alias("cost", CHAMPION, "1")
+    corrupt = register_corrupt_version_of_cost(registry_with_challengers, tmp_path / "corrupt")
+    rides, output = topic_factory("rides"), topic_factory("predictions-cost")
+    group = f"test-cost-{uuid.uuid4().hex[:6]}"
+    deploy_args = (
+        "--models", str(registry_with_challengers), "-b", kafka_bootstrap,
+        "--control-topic", controller["control"], "--evaluations-topic", controller["evaluations"],
+        "--evaluator-group", controller["evaluator_group"],
+    )  # fmt: skip
+    load = Load.synthetic(RIDES, seed=45)
+    started = {json.loads(v)["event_id"] for _k, v in load.events if b'"ride_started"' in v}
+    verifier = Verifier(kafka_bootstrap, output)
+    verifier.start()
+    instances = [
+        start_service(
+            "cost",
+            n,
+            kafka_bootstrap,
+            registry_with_challengers,
+            tmp_path / "logs",
+            {
+                "INPUT_TOPIC": rides,
+                "OUTPUT_TOPIC": output,
+                "GROUP_ID": group,
+                "CONTROL_TOPIC": controller["control"],
+                "GROUP_INSTANCE_ID": f"cost-{n}",
+                "SESSION_TIMEOUT_S": "10",
+            },
+        )
+        for n in (1, 2, 3)
+    ]
+    pids = [i.process.pid for i in instances]
+    done = threading.Event()
+    try:
+        wait_ready(instances)
+        publish_at_rate(kafka_bootstrap, rides, load.events, RATE / 2, done)
+        rolled = ridestream(
+            "deploy", "start", "cost", "--strategy", "rolling", "--challenger", "2", *deploy_args
+        )
+        assert rolled.returncode == 0, rolled.stderr
+        finished = wait_until_over(kafka_bootstrap, controller, instances)
+        assert finished.status == "promoted", finished.decisions[-1]
+        assert finished.switched == ["cost-1", "cost-2", "cost-3"]
+
+        halted = ridestream(
+            "deploy", "start", "cost", "--strategy", "rolling", "--challenger", corrupt, *deploy_args
+        )
+        assert halted.returncode == 0, halted.stderr
+        stopped = wait_until_over(kafka_bootstrap, controller, instances)
+        assert stopped.status == "rolled_back" and stopped.switched == ["cost-1"], stopped.decisions[-1]
+        assert "halted" in stopped.decisions[-1].reason
+        assert done.wait(120)
+        deadline = time.monotonic() + 120
+        while not set(verifier.counts) >= started and time.monotonic() < deadline:
+            time.sleep(0.5)  # the verifier drains the output topic on its own thread
+    finally:
+        verifier.stop()
+        for instance in instances:
+            stop_service(instance)
+    assert set(verifier.counts) >= started, f"{len(started - set(verifier.counts))} rides never scored"
+    assert [i.process.pid for i in instances] == pids
+    assert "refused cost=" in instances[0].log_path.read_text(), "the first instance refused the corrupt one"
+    assert all("refused" not in i.log_path.read_text() for i in instances[1:]), "the others never tried it"
+
+
+def register_corrupt_version_of_cost(models: Path, staging: Path) -> str:
+    """A new version of `cost` whose artifact no longer matches its passport's sha256."""
+    from shared.models import artifact_path, read_metadata
+
+    registry = ModelRegistry(models)
+    registry.download(registry.version_of("cost", None, "2").run_id, staging)
+    artifact = artifact_path(staging, "cost")
+    artifact.write_bytes(artifact.read_bytes()[:-64] + b"\0" * 64)
+    return registry.register(staging, read_metadata(staging, "cost"))

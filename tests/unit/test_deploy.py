@@ -109,3 +109,52 @@ def test_start_options_are_checked() -> None:
     assert deploy.steps_for("ab", None, None) == [0.5]
     with pytest.raises(ConfigError, match="end at 100%"):
         deploy.steps_for("canary", [0.5, 0.2], None)
+
+
+def rolling(switched: list[str], epoch: int = 5, consumed_at_switch: int = 100) -> RolloutState:
+    from schemas.control import Decision
+
+    decisions = [
+        Decision(at=NOW, action="advance", step=0, reason="", evidence={"consumed": consumed_at_switch})
+    ]
+    return canary().model_copy(
+        update={
+            "strategy": "rolling",
+            "steps": [1.0],
+            "switched": switched,
+            "epoch": epoch,
+            "decisions": decisions,
+        }
+    )
+
+
+def report_of(
+    name: str, serving: str, epoch: int = 5, consumed: int = 500, refused: str = ""
+) -> dict[str, object]:
+    return {
+        "instance": name,
+        "serving": serving,
+        "epoch": epoch,
+        "consumed": consumed,
+        "refused": refused,
+        "updated_at": NOW.isoformat(),
+    }
+
+
+def test_a_roll_switches_one_healthy_instance_after_another_and_halts_on_a_refusal() -> None:
+    fleet = [report_of("cost-1", "tip=2"), report_of("cost-2", "tip=1"), report_of("cost-3", "tip=1")]
+    first = deploy.rolling_verdict(rolling([]), fleet, NOW)
+    assert first.action == "advance" and first.evidence["next"] == "cost-1"
+    nxt = deploy.rolling_verdict(rolling(["cost-1"]), fleet, NOW)
+    assert nxt.action == "advance" and nxt.evidence["next"] == "cost-2"
+    switching = [report_of("cost-1", "tip=1", epoch=4), *fleet[1:]]
+    assert deploy.rolling_verdict(rolling(["cost-1"]), switching, NOW).action is None
+    idle = [report_of("cost-1", "tip=2", consumed=100), *fleet[1:]]
+    assert "waiting for it to score" in deploy.rolling_verdict(rolling(["cost-1"]), idle, NOW).reason
+    all_on = [report_of(f"cost-{n}", "tip=2") for n in (1, 2, 3)]
+    assert deploy.rolling_verdict(rolling(["cost-1", "cost-2", "cost-3"]), all_on, NOW).action == "promote"
+    refused = [report_of("cost-1", "tip=1", refused="tip=2: load failed: corrupt"), *fleet[1:]]
+    halted = deploy.rolling_verdict(rolling(["cost-1"]), refused, NOW)
+    assert halted.action == "rollback" and "halted" in halted.reason
+    stale = [{**r, "updated_at": datetime(2026, 12, 1, 11, 0, tzinfo=UTC).isoformat()} for r in fleet]
+    assert deploy.rolling_verdict(rolling([]), stale, NOW).action is None, "instances that stopped reporting"
