@@ -391,9 +391,13 @@ def demo(
             "--switch/--no-switch", help="move the tip model's champion to another version half-way through"
         ),
     ] = True,
+    rollout: Annotated[
+        str | None,
+        typer.Option(help="instead, roll tip's other version out live: canary (decided by a controller), ab"),
+    ] = None,
 ) -> None:
     """The main job: local broker, models, the three services (duration twice) and the evaluator, rides, a
-    live view with each version's live error, a champion moved mid-run, and a summary."""
+    live view with each version's live error, a champion moved mid-run (or a rollout), and a summary."""
     from stack.demo import DemoOptions, run_demo
 
     options = DemoOptions(
@@ -404,6 +408,7 @@ def demo(
         models_dir=models,
         bootstrap_servers=bootstrap_servers,
         switch=switch,
+        rollout=rollout,
     )
     if not run_demo(options):
         raise RidestreamError("the demo ended before every expected prediction was seen")

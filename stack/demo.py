@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from consumers.evaluator.service import SERVICE as EVALUATOR
 from consumers.registry import SERVICE_NAMES
 from producer.run import ProduceReport, produce
 from producer.settings import ProducerSettings
-from schemas.topics import RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
+from schemas.topics import CONTROL_TOPIC, RIDE_EVENTS_TOPIC, dead_letter_topic, prediction_topic
+from shared.control import ControlLog
 from shared.errors import RidestreamError
 from shared.kafka import ensure_topic
 from shared.settings import KafkaSettings
@@ -45,6 +47,8 @@ class DemoOptions:
     live: bool = True
     # Move SWITCHED_MODEL's champion to its other version once half the rides have been scored.
     switch: bool = True
+    # Or roll the other version out with this strategy (canary: decided live by a controller).
+    rollout: str | None = None
 
 
 SWITCHED_MODEL = "tip"
@@ -150,6 +154,73 @@ def summary(view: FleetView, report: ProduceReport, expected: dict[str, int]) ->
     return table
 
 
+@dataclass
+class LiveRollout:
+    """A rollout of SWITCHED_MODEL's other version during the demo, its controller on a thread, and the
+    decisions it has shown."""
+
+    control: ControlLog
+    started_note: str
+    shown: int = 0
+
+    @classmethod
+    def start(
+        cls,
+        stack: ExitStack,
+        options: DemoOptions,
+        version: str,
+        client_config: dict[str, str],
+        stop: threading.Event,
+    ) -> LiveRollout:
+        from consumers.registry import service_spec
+        from schemas.control import Gates
+        from shared.registry import ModelRegistry
+        from stack import deploy
+
+        registry = ModelRegistry(options.models_dir)
+        strategy = options.rollout or "canary"
+        steps = deploy.steps_for(strategy, DEMO_CANARY_STEPS if strategy == "canary" else None, None)  # type: ignore[arg-type]
+        fleet = deploy.read_fleet_state(client_config)
+        # Small gates, for a demo of a few thousand rides on a laptop (the defaults are 200 rides a step).
+        gates = Gates(min_rides=40, tolerance=0.25, max_p99_ms=60_000)
+        spec = service_spec(SWITCHED_MODEL)
+        state = deploy.started(spec, registry, fleet, strategy, {SWITCHED_MODEL: version}, steps, gates)  # type: ignore[arg-type]
+        controller = deploy.Controller(
+            client_config, registry, interval_s=1.0, group=f"demo-{uuid.uuid4().hex[:6]}"
+        )
+        thread = threading.Thread(target=controller.run, args=(stop,), name="deploy-controller", daemon=True)
+        thread.start()
+        stack.callback(thread.join, 10)
+        stack.callback(stop.set)  # (callbacks run last first: the controller is told to stop, then joined)
+        deploy.publish_rollout(client_config, state, CONTROL_TOPIC)
+        control = ControlLog(client_config)
+        stack.callback(control.close)
+        stamp = time.strftime("%H:%M:%S")
+        note = f"{stamp} {strategy} of {SWITCHED_MODEL} v{version} started: {state.decisions[-1].reason}"
+        return cls(control, note)
+
+    def poll(self, view: FleetView) -> None:
+        """Show each new decision of the rollout as it happens."""
+        from schemas.control import RolloutState, rollout_key
+
+        if not self.control.poll(0):
+            return
+        raw = self.control.state.get(rollout_key(SWITCHED_MODEL))
+        if raw is None:
+            return
+        state = RolloutState.model_validate_json(raw)
+        for decision in state.decisions[self.shown :]:
+            if decision.action != "start":
+                view.notes.append(
+                    f"{decision.at:%H:%M:%S} {state.strategy} step {decision.step + 1}: {decision.action}: "
+                    f"{decision.reason}"
+                )
+        self.shown = len(state.decisions)
+
+
+DEMO_CANARY_STEPS = [0.25, 0.5, 1.0]
+
+
 def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
     """Run the whole fleet once; True when every expected prediction was seen."""
     console = console or Console()
@@ -166,7 +237,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
         ]
         for topic in topics:
             ensure_topic(client_config, topic, options.partitions)
-        switch_to = ensure_second_version(options, console) if options.switch else None
+        switch_to = ensure_second_version(options, console) if options.switch or options.rollout else None
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ridestream-demo-")))
         counts = {**options.instances, EVALUATOR: 1}
         fleet = stack.enter_context(
@@ -190,6 +261,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="producer"))
         producing = pool.submit(produce, settings, kafka, Console(quiet=True), stop.is_set)
         last_change, last_total = time.monotonic(), -1
+        rollout: LiveRollout | None = None
         with Live(
             watcher.view.render("ridestream: live predictions"),
             console=console,
@@ -204,7 +276,14 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
                     total = sum(v.predictions for v in watcher.view.services.values())
                     if total != last_total:
                         last_change, last_total = time.monotonic(), total
-                    if switch_to and watcher.view.services[SWITCHED_MODEL].predictions >= options.rides // 2:
+                    if rollout is not None:
+                        rollout.poll(watcher.view)
+                    scored = watcher.view.services[SWITCHED_MODEL].predictions
+                    if switch_to and options.rollout and scored >= options.rides // 5:
+                        rollout = LiveRollout.start(stack, options, switch_to, client_config, stop)
+                        watcher.view.notes.append(rollout.started_note)
+                        switch_to = None
+                    elif switch_to and scored >= options.rides // 2:
                         watcher.view.notes.append(move_champion(options.models_dir, switch_to, client_config))
                         watcher.view.labels = version_labels(options.models_dir)
                         switch_to = None

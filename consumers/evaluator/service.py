@@ -37,7 +37,7 @@ from consumers.evaluator.join import (
     prediction_from,
 )
 from schemas.events import RideCompleted
-from schemas.topics import EVALUATIONS_TOPIC, RIDE_EVENTS_TOPIC, prediction_topic
+from schemas.topics import EVALUATIONS_TOPIC, RIDE_EVENTS_TOPIC, prediction_topic, shadow_topic
 from shared.control import ControlLog, ensure_control_topic
 from shared.errors import ConfigError
 from shared.guarantees import DeliveryLedger
@@ -75,8 +75,12 @@ class EvaluatorSettings(BaseSettings):
     group_id: str = EVALUATOR_GROUP
     input_topic: str = RIDE_EVENTS_TOPIC
     prediction_topics: str = Field(
-        default=",".join(prediction_topic(s) for s in EVALUATED_SERVICES),
-        description="comma-separated prediction topics to judge",
+        default=",".join(
+            topic
+            for service in EVALUATED_SERVICES
+            for topic in (prediction_topic(service), shadow_topic(prediction_topic(service)))
+        ),
+        description="comma-separated prediction topics to judge (the user topics and their shadows)",
     )
     evaluations_topic: str = EVALUATIONS_TOPIC
     max_wait_s: float = Field(default=DEFAULT_MAX_WAIT_S, gt=0)
