@@ -161,18 +161,21 @@ def canary_verdict(
         champion = since(figures, state.start_baseline, model, artifact(state, model, CHAMPION))
         challenger = since(figures, state.baseline, model, artifact(state, model, CHALLENGER))
         limit = champion.rmse * (1 + gates.tolerance)
+        p_worse = worse_than_tolerated(challenger, champion, gates.tolerance)
         evidence[model] = {
             "champion": describe(champion),
             "challenger": describe(challenger),
             "limit": finite(limit),
+            "p_within_tolerance": finite(p_worse) if p_worse is not None else None,
         }
         if challenger.count < gates.min_rides or champion.count < gates.min_rides:
             waiting.append(f"{model}: {challenger.count}/{champion.count} of {gates.min_rides} rides judged")
-        elif challenger.rmse > limit:
+        elif p_worse is not None and p_worse < ALPHA:
             return Verdict(
                 "rollback",
                 f"{model}: challenger RMSE {challenger.rmse:.3f} over {challenger.count} rides exceeds the "
-                f"champion's {champion.rmse:.3f} × {1 + gates.tolerance:.2f} = {limit:.3f}",
+                f"champion's {champion.rmse:.3f} × {1 + gates.tolerance:.2f} = {limit:.3f} "
+                f"(one-sided p = {p_worse:.2g})",
                 evidence,
             )
     if waiting:
@@ -230,6 +233,22 @@ def rolling_verdict(state: RolloutState, statuses: Sequence[Mapping[str, Any]], 
         f"switching {following.get('instance')} ({len(state.switched) + 1} of {len(instances)})",
         {"next": following.get("instance"), "consumed": following.get("consumed", 0)},
     )
+
+
+def worse_than_tolerated(challenger: Sums, champion: Sums, tolerance: float) -> float | None:
+    """One-sided p-value of "the challenger's MSE is within (1 + tolerance)² of the champion's": small when
+    the challenger is worse beyond the tolerance with confidence. A gate on this, not on the raw RMSEs,
+    keeps one outlier ride in a few hundred from rolling a good model back (errors are heavy-tailed)."""
+    if challenger.count < 2 or champion.count < 2:
+        return None
+    factor = (1 + tolerance) ** 2
+    excess = challenger.mse - factor * champion.mse
+    se = math.sqrt(
+        challenger.mse_variance / challenger.count + factor**2 * champion.mse_variance / champion.count
+    )
+    if se == 0:
+        return 0.0 if excess > 0 else 1.0
+    return 0.5 * math.erfc(excess / se / math.sqrt(2))
 
 
 def significance(a: Sums, b: Sums) -> dict[str, Any]:

@@ -158,3 +158,11 @@ def test_a_roll_switches_one_healthy_instance_after_another_and_halts_on_a_refus
     assert halted.action == "rollback" and "halted" in halted.reason
     stale = [{**r, "updated_at": datetime(2026, 12, 1, 11, 0, tzinfo=UTC).isoformat()} for r in fleet]
     assert deploy.rolling_verdict(rolling([]), stale, NOW).action is None, "instances that stopped reporting"
+
+
+def test_one_outlier_ride_does_not_roll_a_good_challenger_back() -> None:
+    """A raw comparison would: its RMSE over these rides is 2.5 against the champion's 1.0."""
+    outlier = figures(noise(500, 1.0, 1), noise(300, 1.0, 2) + [40.0])
+    verdict = deploy.canary_verdict(canary(), outlier, [])
+    assert verdict.evidence["tip"]["challenger"]["rmse"] > 2.0
+    assert verdict.action == "advance", verdict.reason
