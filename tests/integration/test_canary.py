@@ -127,7 +127,7 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_without_a_person(
         "--evaluator-group", controller["evaluator_group"],
     )  # fmt: skip
     # Accuracy is what this test is about: a loaded 2-core machine's p99 is not held against the model.
-    gates = ("--steps", "50,100", "--min-rides", "200", "--tolerance", "0.2", "--max-p99-ms", "120000")
+    gates = ("--steps", "50,100", "--min-rides", "300", "--tolerance", "0.2", "--max-p99-ms", "120000")
     load = Load.synthetic(RIDES, seed=44)
     verifier = Verifier(kafka_bootstrap, output)
     verifier.start()
