@@ -25,6 +25,7 @@ from schemas.control import RolloutState
 from shared.registry import CHAMPION, ModelRegistry
 from stack.deploy import read_fleet_state
 from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
+from tests.integration.test_hot_reload import register_corrupt_version
 from tests.integration.topics import REPO, ridestream
 
 RIDES = 9000
@@ -75,6 +76,15 @@ def controller(
         log.close()
 
 
+def deploy_options(models: Path, bootstrap: str, names: dict[str, str]) -> tuple[str, ...]:
+    """The `ridestream deploy` options that point it at this test's registry, broker and topics."""
+    return (
+        "--models", str(models), "-b", bootstrap,
+        "--control-topic", names["control"], "--evaluations-topic", names["evaluations"],
+        "--evaluator-group", names["evaluator_group"],
+    )  # fmt: skip
+
+
 def rollout(bootstrap: str, names: dict[str, str]) -> RolloutState | None:
     fleet = read_fleet_state(
         {"bootstrap.servers": bootstrap}, names["control"], names["evaluations"], names["evaluator_group"]
@@ -121,11 +131,7 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_without_a_person(
         "GROUP_ID": controller["evaluator_group"],
         "PUBLISH_INTERVAL_S": "1",
     }
-    deploy_args = (
-        "--models", str(registry_with_challengers), "-b", kafka_bootstrap,
-        "--control-topic", controller["control"], "--evaluations-topic", controller["evaluations"],
-        "--evaluator-group", controller["evaluator_group"],
-    )  # fmt: skip
+    deploy_args = deploy_options(registry_with_challengers, kafka_bootstrap, controller)
     # Accuracy is what this test is about: a loaded 2-core machine's p99 is not held against the model.
     gates = ("--steps", "50,100", "--min-rides", "300", "--tolerance", "0.2", "--max-p99-ms", "120000")
     load = Load.synthetic(RIDES, seed=44)
@@ -185,14 +191,10 @@ def test_a_roll_across_three_instances_loses_nothing_and_a_challenger_that_canno
 ) -> None:
     registry = ModelRegistry(registry_with_challengers)
     registry.set_alias("cost", CHAMPION, "1")
-    corrupt = register_corrupt_version_of_cost(registry_with_challengers, tmp_path / "corrupt")
+    corrupt = register_corrupt_version(registry_with_challengers, tmp_path / "corrupt", "cost", "2")
     rides, output = topic_factory("rides"), topic_factory("predictions-cost")
     group = f"test-cost-{uuid.uuid4().hex[:6]}"
-    deploy_args = (
-        "--models", str(registry_with_challengers), "-b", kafka_bootstrap,
-        "--control-topic", controller["control"], "--evaluations-topic", controller["evaluations"],
-        "--evaluator-group", controller["evaluator_group"],
-    )  # fmt: skip
+    deploy_args = deploy_options(registry_with_challengers, kafka_bootstrap, controller)
     load = Load.synthetic(RIDES, seed=45)
     started = {json.loads(v)["event_id"] for _k, v in load.events if b'"ride_started"' in v}
     verifier = Verifier(kafka_bootstrap, output)
@@ -247,14 +249,3 @@ def test_a_roll_across_three_instances_loses_nothing_and_a_challenger_that_canno
     assert [i.process.pid for i in instances] == pids
     assert "refused cost=" in instances[0].log_path.read_text(), "the first instance refused the corrupt one"
     assert all("refused" not in i.log_path.read_text() for i in instances[1:]), "the others never tried it"
-
-
-def register_corrupt_version_of_cost(models: Path, staging: Path) -> str:
-    """A new version of `cost` whose artifact no longer matches its passport's sha256."""
-    from shared.models import artifact_path, read_metadata
-
-    registry = ModelRegistry(models)
-    registry.download(registry.version_of("cost", None, "2").run_id, staging)
-    artifact = artifact_path(staging, "cost")
-    artifact.write_bytes(artifact.read_bytes()[:-64] + b"\0" * 64)
-    return registry.register(staging, read_metadata(staging, "cost"))

@@ -38,13 +38,14 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return models
 
 
-def register_corrupt_version(models: Path, staging: Path) -> str:
-    """A new version of `tip` whose artifact no longer matches its passport's sha256."""
+def register_corrupt_version(models: Path, staging: Path, model: str = "tip", base: str = "2") -> str:
+    """A new version of `model`: version `base`'s files, its artifact damaged so it no longer matches the
+    passport's sha256."""
     registry = ModelRegistry(models)
-    registry.download(registry.version_of("tip", None, "2").run_id, staging)
-    artifact = artifact_path(staging, "tip")
+    registry.download(registry.version_of(model, None, base).run_id, staging)
+    artifact = artifact_path(staging, model)
     artifact.write_bytes(artifact.read_bytes()[:-64] + b"\0" * 64)
-    return registry.register(staging, read_metadata(staging, "tip"))
+    return registry.register(staging, read_metadata(staging, model))
 
 
 def readiness(instance: ServiceProcess) -> dict[str, object]:
