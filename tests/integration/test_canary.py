@@ -249,3 +249,73 @@ def test_a_roll_across_three_instances_loses_nothing_and_a_challenger_that_canno
     assert [i.process.pid for i in instances] == pids
     assert "refused cost=" in instances[0].log_path.read_text(), "the first instance refused the corrupt one"
     assert all("refused" not in i.log_path.read_text() for i in instances[1:]), "the others never tried it"
+
+
+@pytest.mark.slow  # ~1.5 min: run by `make faults` and `make test-all`
+def test_a_canary_carries_on_through_a_kill_9_of_its_instance_mid_step(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., str],
+    registry_with_challengers: Path,
+    controller: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    registry = ModelRegistry(registry_with_challengers)
+    registry.set_alias("cost", CHAMPION, "1")
+    rides, output = topic_factory("rides"), topic_factory("predictions-cost")
+    env = {
+        "INPUT_TOPIC": rides,
+        "OUTPUT_TOPIC": output,
+        "GROUP_ID": f"test-cost-{uuid.uuid4().hex[:6]}",
+        "CONTROL_TOPIC": controller["control"],
+        "GROUP_INSTANCE_ID": "cost-1",
+        "SESSION_TIMEOUT_S": "10",
+    }
+    evaluator_env = {
+        "INPUT_TOPIC": rides,
+        "PREDICTION_TOPICS": output,
+        "EVALUATIONS_TOPIC": controller["evaluations"],
+        "GROUP_ID": controller["evaluator_group"],
+        "PUBLISH_INTERVAL_S": "1",
+    }
+    load = Load.synthetic(RIDES, seed=46)
+    started = {json.loads(v)["event_id"] for _k, v in load.events if b'"ride_started"' in v}
+    verifier = Verifier(kafka_bootstrap, output)
+    verifier.start()
+    logs = tmp_path / "logs"
+    cost = start_service("cost", 1, kafka_bootstrap, registry_with_challengers, logs, env)
+    evaluator = start_service("evaluator", 1, kafka_bootstrap, registry_with_challengers, logs, evaluator_env)
+    instances = [cost, evaluator]
+    done = threading.Event()
+    try:
+        wait_ready(instances)
+        publish_at_rate(kafka_bootstrap, rides, load.events, RATE / 2, done)
+        gates = ("--steps", "50,100", "--min-rides", "300", "--tolerance", "0.2", "--max-p99-ms", "120000")
+        options = deploy_options(registry_with_challengers, kafka_bootstrap, controller)
+        began = ridestream(
+            "deploy", "start", "cost", "--strategy", "canary", "--challenger", "2", *gates, *options
+        )
+        assert began.returncode == 0, began.stderr
+        deadline = time.monotonic() + 60
+        while sum(1 for v in verifier.values if b'"variant":"challenger"' in v) < 100:
+            assert time.monotonic() < deadline, "the canary's first step never served"
+            time.sleep(0.2)  # the verifier drains the output on its own thread
+        current = rollout(kafka_bootstrap, controller)
+        assert current is not None and current.step == 0, "killed in the middle of step 1"
+        stop_service(cost, signal.SIGKILL)
+        cost = start_service("cost", 1, kafka_bootstrap, registry_with_challengers, logs, env)
+        instances[0] = cost
+        wait_ready([cost])
+        finished = wait_until_over(kafka_bootstrap, controller, instances)
+        assert finished.status == "promoted", finished.decisions[-1]
+        assert [d.action for d in finished.decisions] == ["start", "advance", "promote"]
+        assert done.wait(120)
+        deadline = time.monotonic() + 120
+        while not set(verifier.counts) >= started and time.monotonic() < deadline:
+            time.sleep(0.5)  # the verifier drains the output topic on its own thread
+    finally:
+        verifier.stop()
+        for instance in instances:
+            stop_service(instance)
+    assert set(verifier.counts) >= started, f"{len(started - set(verifier.counts))} rides never scored"
