@@ -34,6 +34,15 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, request_stop)
 
 
+def stop_event(stop: threading.Event | None) -> threading.Event:
+    """`stop` itself, or (for a process run from its entry point) a new event set by SIGTERM/SIGINT."""
+    if stop is not None:
+        return stop
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    return stop
+
+
 def configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO,

@@ -7,6 +7,7 @@ the metric names live here alone.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -22,6 +23,8 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+
+log = logging.getLogger(__name__)
 
 # Event-time → prediction latency buckets, seconds: the 50 ms target sits in the middle.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -183,4 +186,5 @@ def serve_metrics(metrics: ServiceMetrics, port: int, host: str = "127.0.0.1") -
 
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
     return server

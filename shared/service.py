@@ -33,7 +33,7 @@ from shared.guarantees import (
     ProcessingGuarantee,
 )
 from shared.kafka import ensure_topic, make_producer, make_record_consumer, wait_for_cluster
-from shared.lifecycle import install_stop_handlers
+from shared.lifecycle import stop_event
 from shared.metrics import ServiceMetrics, serve_metrics
 from shared.protocols import Scorer
 from shared.reload import HotReloader
@@ -195,11 +195,8 @@ def run_service(
     )
     metrics = metrics or ServiceMetrics(settings.service)
     if settings.metrics_port is not None:
-        server = serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_address[1])
-    if stop is None:
-        stop = threading.Event()
-        install_stop_handlers(stop)
+        serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
+    stop = stop_event(stop)
     runner = ServiceRunner(consumer, producer, scorer, config, metrics, watch, committer, reloader)
     # Everything loaded so far (the models, scikit-learn, MLflow, pydantic) lives as long as the process:
     # freezing it keeps the cyclic GC from re-scanning it on every full collection while the loop's

@@ -33,7 +33,6 @@ from schemas.control import (
     MAX_DECISIONS,
     ROLLOUT_PREFIX,
     STATUS_PREFIX,
-    STRATEGIES,
     Action,
     Decision,
     Gates,
@@ -58,7 +57,6 @@ CONTROLLER_GROUP = "ridestream-deploy-controller"
 SUPPORTED: tuple[Strategy, ...] = ("canary", "rolling", "ab", "shadow")
 # An instance whose status is older than this is not counted as part of the fleet (it reports every 2 s).
 LIVE_S = 10.0
-__all__ = ["STRATEGIES", "operator"]
 
 
 class Verdict(NamedTuple):

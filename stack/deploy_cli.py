@@ -7,7 +7,6 @@ stderr or the table.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,11 +16,12 @@ from rich.table import Table
 
 from consumers.evaluator.service import EVALUATOR_GROUP
 from consumers.registry import service_spec
-from schemas.control import Action, Gates, RolloutState
+from schemas.control import STRATEGIES, Action, Gates, RolloutState
 from schemas.topics import CONTROL_TOPIC, EVALUATIONS_TOPIC
+from shared.control import operator
 from shared.errors import ConfigError
 from shared.kafka import wait_for_cluster
-from shared.lifecycle import install_stop_handlers
+from shared.lifecycle import stop_event
 from shared.registry import ModelRegistry
 from shared.settings import KafkaSettings
 from stack import deploy
@@ -78,8 +78,8 @@ def start(
     evaluator_group: EvaluatorGroup = EVALUATOR_GROUP,
 ) -> None:
     """Start a rollout: the running fleet picks it up from the control topic at once."""
-    if strategy not in deploy.STRATEGIES:
-        raise ConfigError(f"--strategy {strategy!r}: one of {', '.join(deploy.STRATEGIES)}")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
     spec = service_spec(service)
     config = client_config(bootstrap_servers)
     registry = ModelRegistry(models)
@@ -229,7 +229,7 @@ def conclude_command(
     if state is None:
         raise ConfigError(f"no rollout of {service} on {control_topic}")
     evidence = deploy.report(state, fleet.figures)["models"]
-    reason = f"{action} by {deploy.operator()}"
+    reason = f"{action} by {operator()}"
     done = deploy.conclude(config, ModelRegistry(models), state, action, reason, evidence, control_topic)
     Console(stderr=True).print(f"{service}: {done.status} (epoch {done.epoch})")
 
@@ -269,8 +269,7 @@ def controller(
     group: Annotated[str, typer.Option(help="controllers' consumer group")] = deploy.CONTROLLER_GROUP,
 ) -> None:
     """Decide canary steps on their gates until stopped (run one or more; one decides at a time)."""
-    stop = threading.Event()
-    install_stop_handlers(stop)
+    stop = stop_event(None)
     config = client_config(bootstrap_servers)
     deploy.Controller(
         config, ModelRegistry(models), control_topic, evaluations_topic, evaluator_group, interval, group

@@ -282,8 +282,7 @@ def run_faust_service(
         ensure_topic(client_config, topic, settings.output_partitions)
     metrics = ServiceMetrics(settings.service)
     if settings.metrics_port is not None:
-        server = serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_address[1])
+        serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
     # A fresh loop per run: the Worker closes its loop when it ends, and the app binds to the current one.
     asyncio.set_event_loop(asyncio.new_event_loop())
     with tempfile.TemporaryDirectory(prefix=f"ridestream-faust-{settings.service}-") as data_dir:

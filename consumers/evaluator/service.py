@@ -50,7 +50,7 @@ from shared.kafka import (
     partition_count,
     wait_for_cluster,
 )
-from shared.lifecycle import install_stop_handlers
+from shared.lifecycle import stop_event
 from shared.metrics import ServiceMetrics, serve_metrics
 from shared.records import InputRecord
 from shared.serde import decode_event
@@ -368,11 +368,8 @@ def run_evaluator(
     evaluator = Evaluator(settings, client_config, metrics)
     evaluator.check_topics()
     if settings.metrics_port is not None:
-        server = serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_address[1])
-    if stop is None:
-        stop = threading.Event()
-        install_stop_handlers(stop)
+        serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
+    stop = stop_event(stop)
     log.info("evaluator judging %s", ", ".join(evaluator.topics))
     return evaluator.run(stop)
 

@@ -83,7 +83,10 @@ def total_count(figures: dict[FigureKey, Sums]) -> int:
     return sum(s.count for s in figures.values())
 
 
-@pytest.mark.skipif(not MONTH.is_file(), reason=f"needs the TLC month {MONTH}")
+@pytest.mark.skipif(
+    not MONTH.is_file(),
+    reason=f"needs the TLC month {MONTH}: real data is never committed (CI has ../shared/data)",
+)
 def test_live_figures_equal_the_offline_errors_of_a_tlc_month_through_a_kill_and_restart(
     kafka_bootstrap: str, topic_factory: Callable[..., str], trained_models: Path, tmp_path: Path
 ) -> None:
