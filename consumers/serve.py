@@ -97,16 +97,22 @@ def follow_control(
         for model, version in versions.items():
             metrics.on_model_refused(model, version)
             try:
-                registry.mark_refused(
-                    model, version, f"{settings.service}@{settings.instance_name}: {reason}"
-                )
+                registry.mark_refused(model, version, f"{settings.service}@{settings.member_name}: {reason}")
             except Exception as exc:  # the refusal is logged and counted already; the tag is a courtesy
                 log.warning("could not tag %s/%s as refused in the registry: %s", model, version, exc)
 
     moved_at = {m: t for m in spec.models if (t := registry.aliases_moved_at(m)) is not None}
     build = PlanBuilder(spec, settings)
     state = control.read_to_end()
-    plan = desired_plan(state, settings.service, spec.models, champions, settings.instance_name, moved_at)
+    plan = desired_plan(
+        state,
+        settings.service,
+        spec.models,
+        champions,
+        settings.member_name,
+        moved_at,
+        settings.deployment,
+    )
     refused_at_start: Plan | None = None
     try:
         scorer = build(plan)
@@ -122,7 +128,7 @@ def follow_control(
         scorer = build(plan)
     reloader = HotReloader(
         settings.service,
-        settings.instance_name,
+        settings.member_name,
         spec.models,
         champions,
         plan,
@@ -130,6 +136,7 @@ def follow_control(
         build,
         refused,
         moved_at,
+        settings.deployment,
     )
     if refused_at_start is not None:
         reloader.refused = refused_at_start

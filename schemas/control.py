@@ -6,7 +6,7 @@ restarts) reads it to the end before it scores anything. Keys:
     serving/<model>    ServingState: which registry version each alias of <model> points at; every service
                        that loads <model> serves its `champion`
     rollout/<service>  RolloutState: the deployment in progress (or last finished) for <service>
-    switch/<service>/<partition>/<epoch>@<offset>
+    switch/<service>/<partition>/<epoch>@<offset>[/green]
                        SwitchRecord: where an instance applied a rollout epoch, in its outputs' transaction
 """
 
@@ -48,6 +48,12 @@ SWITCH_PREFIX = "switch/"
 Strategy = Literal["blue-green", "canary", "rolling", "shadow", "ab"]
 STRATEGIES: tuple[str, ...] = ("blue-green", "canary", "rolling", "shadow", "ab")
 RolloutStatus = Literal["running", "promoted", "rolled_back", "aborted"]
+# The two deployments of a service for blue/green: each its own consumer group, one of them live (its
+# predictions on the topic users read), the other warm on the shadow topic. An instance is "blue" unless
+# configured otherwise, so a fleet that never ran a blue/green is all blue and all live.
+Deployment = Literal["blue", "green"]
+DEPLOYMENTS: tuple[str, ...] = ("blue", "green")
+MAX_HANDOVERS = 16
 Action = Literal["start", "advance", "promote", "rollback", "abort"]
 # The canary's default shares of rides per step.
 CANARY_STEPS = (0.05, 0.25, 0.5, 1.0)
@@ -73,6 +79,19 @@ class Decision(Contract):
     evidence: dict[str, Any] = Field(default_factory=dict)
 
 
+class Handover(Contract):
+    """From rollout `epoch` on, `to` is the live deployment. Each input partition changes hands at the offset
+    where the deployment live before it first scored under an epoch ≥ `epoch` (its switch records): the
+    one before the cut-over publishes for users, the one after it from there (docs/deployments.md)."""
+
+    epoch: int = Field(ge=1)
+    to: Deployment
+
+
+def other_deployment(deployment: str) -> Deployment:
+    return "green" if deployment == "blue" else "blue"
+
+
 class RolloutState(Contract):
     """One service's rollout: who serves which rides, and the decisions taken. Every change bumps `epoch`;
     each instance records the input offset at which it applied an epoch (key switch/...)."""
@@ -96,6 +115,12 @@ class RolloutState(Contract):
     decisions: list[Decision] = Field(default_factory=list)
     # rolling: the instances (by instance name) serving the challenger so far, in the order they switched
     switched: list[str] = Field(default_factory=list)
+    # Who publishes for users: the deployment live before the first of `handovers`, and the handovers,
+    # carried over from the rollouts before (an instance still behind an old cut-over needs them)
+    live: Deployment = "blue"
+    handovers: list[Handover] = Field(default_factory=list, max_length=MAX_HANDOVERS)
+    # blue/green: the deployment that serves the challenger (the one not live when the rollout started)
+    challenger_deployment: Deployment = "green"
     updated_at: UtcDatetime
 
     @property
@@ -105,6 +130,11 @@ class RolloutState(Contract):
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+    @property
+    def owner(self) -> Deployment:
+        """The deployment live now (the last handover's, or the one live at the start)."""
+        return self.handovers[-1].to if self.handovers else self.live
 
     def share(self) -> float:
         """The challenger's share of rides now (0 once the rollout is over)."""
@@ -121,11 +151,15 @@ class SwitchRecord(Contract):
     offset: int
     epoch: int
     instance: str
+    deployment: Deployment = "blue"
 
 
 def rollout_key(service: str) -> str:
     return f"{ROLLOUT_PREFIX}{service}"
 
 
-def switch_key(service: str, partition: int, epoch: int, offset: int) -> str:
-    return f"{SWITCH_PREFIX}{service}/{partition}/{epoch}@{offset}"
+def switch_key(service: str, partition: int, epoch: int, offset: int, deployment: str = "blue") -> str:
+    """Unique per record (a compacted topic keeps one value per key): blue's keys are the ones from before
+    blue/green existed; green's carry its name."""
+    key = f"{SWITCH_PREFIX}{service}/{partition}/{epoch}@{offset}"
+    return key if deployment == "blue" else f"{key}/{deployment}"

@@ -215,6 +215,10 @@ class IntervalCommitter:
         self.pending = Pending(max_messages, max_interval_s, clock)
         # Set once the run failed: nothing more may be committed (see abandon()).
         self.abandoned = False
+        # Commits and aborted transactions so far: what an aborted one held is gone (the runner writes
+        # its switch records again), what a commit made durable stays.
+        self.commits = 0
+        self.aborts = 0
 
     def begin(self) -> None:
         """Called before a batch is produced; nothing to open unless the guarantee needs it."""
@@ -279,7 +283,8 @@ class AtLeastOnce(IntervalCommitter):
             raise DeliveryError(f"{self.service}: {problem}; offsets not committed")
         positions = self.pending.positions()
         try:
-            self.consumer.commit(positions)
+            if positions:  # (a batch of records held back for a blue/green cut-over commits none)
+                self.consumer.commit(positions)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() not in LOST_OWNERSHIP:
@@ -289,9 +294,11 @@ class AtLeastOnce(IntervalCommitter):
             # partitions this instance still owns keep their positions for the next commit.
             log.warning("%s: offsets not committed, the group rebalanced (%s)", self.service, error)
             self.pending.committed()  # the outputs are delivered, so they count
+            self.commits += 1
             self.pending.keep(positions, self.consumer.assignment())
             return False
         self.pending.committed()
+        self.commits += 1
         return True
 
     def abandon(self) -> None:
@@ -367,6 +374,7 @@ class ExactlyOnce(IntervalCommitter):
             self.abort_and_rewind()
             return False
         self.pending.committed()
+        self.commits += 1
         return True
 
     def commit_with_retries(self) -> None:
@@ -388,6 +396,7 @@ class ExactlyOnce(IntervalCommitter):
         the aborted inputs would be skipped (librdkafka examples/transactions.c, rewind_consumer)."""
         rewind = self.pending.rewind_points()
         self.producer.abort_transaction(self.flush_timeout_s)
+        self.aborts += 1
         self.pending.clear()
         owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         for tp in rewind:

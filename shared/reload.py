@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from schemas.control import STATUS_PREFIX, RolloutState, ServingState, rollout_key, serving_key
 from shared.control import ControlLog
+from shared.handover import CutoverIndex, HandoverStep
 from shared.protocols import Scorer
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class Plan(NamedTuple):
     share: float = 0.0
     mode: str = ""
     epoch: int = 0
+    # blue/green: who is live, and since which epochs (shared/handover.py); empty: blue throughout
+    handovers: tuple[HandoverStep, ...] = ()
+    live: str = "blue"
 
     @property
     def label(self) -> str:
@@ -116,13 +120,15 @@ def desired_plan(
     fallback: Versions,
     instance: str,
     fallback_at: Mapping[str, datetime] | None = None,
+    deployment: str = "blue",
 ) -> Plan:
-    """The plan the control log asks of this instance (docs/deployments.md)."""
+    """The plan the control log asks of this instance of `deployment` (docs/deployments.md)."""
     champion = desired_versions(state, models, fallback, fallback_at)
     rollout: RolloutState | None = parse(state.get(rollout_key(service)), RolloutState)
     if rollout is None:
         return Plan(pinned(champion))
     epoch = rollout.epoch
+    handovers, live = tuple(HandoverStep(h.epoch, h.to) for h in rollout.handovers), rollout.live
     if not rollout.running:
         # A finished rollout's outcome stands until the registry's aliases are moved again after it (the
         # controller publishes both; whichever is read first, this instance never flips back meanwhile).
@@ -130,14 +136,17 @@ def desired_plan(
         if serving_at is None or serving_at <= rollout.updated_at:
             outcome = rollout.challenger if rollout.status == "promoted" else rollout.champion
             champion = {**champion, **outcome}
-        return Plan(pinned(champion), epoch=epoch)
+        return Plan(pinned(champion), epoch=epoch, handovers=handovers, live=live)
     champion = {**champion, **rollout.champion}
     challenger = {**champion, **rollout.challenger}
     if rollout.strategy == "rolling":
         switched = instance in rollout.switched
-        return Plan(pinned(challenger if switched else champion), epoch=epoch)
+        return Plan(pinned(challenger if switched else champion), epoch=epoch, handovers=handovers, live=live)
+    if rollout.strategy == "blue-green":
+        serves = challenger if deployment == rollout.challenger_deployment else champion
+        return Plan(pinned(serves), epoch=epoch, handovers=handovers, live=live)
     mode = "shadow" if rollout.strategy == "shadow" else "split"
-    return Plan(pinned(champion), pinned(challenger), rollout.share(), mode, epoch)
+    return Plan(pinned(champion), pinned(challenger), rollout.share(), mode, epoch, handovers, live)
 
 
 def parts_of(scorer: Scorer) -> Sequence[Scorer]:
@@ -187,9 +196,11 @@ class HotReloader:
         build: Callable[[Plan], Scorer],
         on_refused: OnRefused,
         fallback_at: Mapping[str, datetime] | None = None,
+        deployment: str = "blue",
     ) -> None:
         self.service = service
         self.instance = instance
+        self.deployment = deployment
         self.models = tuple(models)
         self.fallback = dict(fallback)
         self.fallback_at = dict(fallback_at or {})
@@ -199,6 +210,10 @@ class HotReloader:
         self.on_refused = on_refused
         self.refused: Plan | None = None
         self.refusal = ""
+        # blue/green cut-overs, from the switch records of this service (read by the run loop)
+        self.cutovers = CutoverIndex(service)
+        for key, value in list(control.state.items()):
+            self.cutovers.add(key, value)
         self.status_source: Callable[[], dict[str, Any]] | None = None
         self._sample: Sequence[Any] = ()
         self._sampled = threading.Event()
@@ -239,7 +254,13 @@ class HotReloader:
 
     def desired(self) -> Plan:
         return desired_plan(
-            self.control.state, self.service, self.models, self.fallback, self.instance, self.fallback_at
+            self.control.state,
+            self.service,
+            self.models,
+            self.fallback,
+            self.instance,
+            self.fallback_at,
+            self.deployment,
         )
 
     def _follow(self) -> None:
@@ -247,6 +268,8 @@ class HotReloader:
         try:
             while not self._stop.is_set():
                 changes = self.control.poll(POLL_S)
+                for key, value in changes:
+                    self.cutovers.add(key, value)
                 if changes and self.relevant(changes):
                     self._prepare_guarded(self.desired())
                 if time.monotonic() - last_status >= STATUS_INTERVAL_S:
@@ -261,6 +284,7 @@ class HotReloader:
         status = {
             "service": self.service,
             "instance": self.instance,
+            "deployment": self.deployment,
             "serving": self.serving.label,
             "epoch": self.serving.epoch,
             "refused": self.refusal,

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from schemas.control import SwitchRecord, switch_key
+from schemas.control import Deployment, SwitchRecord, switch_key
 from shared.dead_letter import DeadLetter, dead_letter_for
 from shared.errors import KafkaUnavailableError
 from shared.guarantees import AtLeastOnce, DeliveryLedger, IntervalCommitter
+from shared.handover import HandoverStep, HandoverView
 from shared.kafka import KafkaError, KafkaException, TopicPartition, produce_with_backoff
 from shared.metrics import ServiceMetrics
 from shared.protocols import EncodedOutput, MessageProducer, RecordConsumer, Scorer
@@ -49,6 +50,8 @@ class RunnerConfig:
     # Where switch records go (the control topic) and the instance name they carry; "" writes none.
     control_topic: str = ""
     instance: str = ""
+    # blue/green: the deployment this instance belongs to (only the live one publishes for users)
+    deployment: Deployment = "blue"
     batch_size: int = DEFAULT_BATCH_SIZE
     batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
@@ -119,6 +122,17 @@ class ScoredBatch:
     plan: BatchPlan
     predictions: Sequence[EncodedOutput]
     dead_letters: list[DeadLetter]
+
+
+class Ownership(NamedTuple):
+    """A batch sorted by which deployment publishes each record for users (blue/green)."""
+
+    live: list[InputRecord]
+    standby: list[InputRecord]
+    # (topic, partition) → where to consume again from: the first record whose cut-over is not known yet,
+    # or a cut-over handing users to us that we read past before we knew of it (`rewound`)
+    held: dict[tuple[str, int], int]
+    rewound: set[tuple[str, int]]
 
 
 class BrokerWatch:
@@ -229,11 +243,20 @@ class ServiceRunner:
         self.stats = RunStats()
         self.reloader = reloader
         self.epoch = 0
-        # (topic, partition) → (epoch, offset) of the last switch record written
-        self.recorded_switches: dict[tuple[str, int], tuple[int, int]] = {}
+        self.handovers: tuple[HandoverStep, ...] = ()
+        self.live: str = config.deployment
+        # partitions waiting for a blue/green cut-over, for the status report
+        self.waiting: list[int] = []
+        # (topic, partition) → the switch records this instance wrote, in order: (epoch, offset, the
+        # committer's commits before it), so those an aborted transaction took can be forgotten
+        self.switches: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
+        self.aborts_seen = 0
+        # the epoch whose switch records were written at every assigned partition's position
+        self.switches_recorded_for = 0
         serving = ""
         if reloader is not None:
             serving, self.epoch = reloader.serving.label, reloader.serving.epoch
+            self.handovers, self.live = reloader.serving.handovers, reloader.serving.live
             reloader.status_source = self.status
         self.metrics.on_model_loaded(scorer.model_name, scorer.model_version, serving)
         self._last_lag = 0.0
@@ -245,6 +268,7 @@ class ServiceRunner:
         try:
             while not stop.is_set():
                 self.swap_model_if_ready()
+                self.record_positions_once()
                 records = self.consumer.consume(self.config.batch_size, self.config.batch_timeout_s)
                 self.raise_if_fatal()
                 self.metrics.on_loop(ready=bool(self.consumer.assignment()) and self.watch.down_since is None)
@@ -253,6 +277,7 @@ class ServiceRunner:
                     self.process(records)
                     last_record = time.monotonic()
                 else:
+                    self.rewind_when_idle()
                     self.committer.tick()
                     self.check_brokers()
                 self.report_lag()
@@ -270,6 +295,7 @@ class ServiceRunner:
             return
         previous = self.scorer.model_version
         self.scorer, self.epoch = swap.scorer, swap.plan.epoch
+        self.handovers, self.live = swap.plan.handovers, swap.plan.live
         label = swap.plan.label
         self.metrics.on_model_swapped(self.scorer.model_name, self.scorer.model_version, label)
         log.info(
@@ -289,33 +315,135 @@ class ServiceRunner:
             "p99_ms": self.metrics.recent_p99_ms(),
             "consumed": self.stats.consumed,
             "dead_lettered": self.stats.dead_lettered,
+            "live": self.live_throughout,
+            "waiting_for_cutover": list(self.waiting),
         }
+
+    @property
+    def live_throughout(self) -> bool:
+        """No handover to look up: this instance's deployment publishes every record for users."""
+        return not self.handovers and self.live == self.config.deployment
+
+    def handover_view(self, first: dict[tuple[str, int], int]) -> HandoverView:
+        def local(topic: str, partition: int) -> list[tuple[int, int]]:
+            return [(epoch, offset) for epoch, offset, _ in self.switches.get((topic, partition), ())]
+
+        index = self.reloader.cutovers if self.reloader is not None else None
+        return HandoverView(self.handovers, self.live, self.config.deployment, index, local, first)
+
+    def forget_aborted_switches(self) -> None:
+        if self.committer.aborts == self.aborts_seen:
+            return
+        self.aborts_seen, commits = self.committer.aborts, self.committer.commits
+        for written in self.switches.values():
+            written[:] = [w for w in written if w[2] < commits]
+
+    def sort_by_owner(self, records: Sequence[InputRecord]) -> Ownership:
+        """Which records this instance publishes for users and which on the shadow topic only, by the
+        cut-overs of the plan's handovers (shared/handover.py); records behind an unknown cut-over wait,
+        and a partition read past a cut-over that hands users to us is consumed again from it."""
+        first: dict[tuple[str, int], int] = {}
+        for record in records:
+            where = (record.topic, record.partition)
+            first[where] = min(record.offset, first.get(where, record.offset))
+        view = self.handover_view(first)
+        again = view.rewinds()
+        sorted_out = Ownership([], [], dict(again), set(again))
+        for record in records:
+            where = (record.topic, record.partition)
+            if where in sorted_out.held:
+                continue
+            owner = view.owner(record.topic, record.partition, record.offset)
+            if owner is None:
+                sorted_out.held[where] = record.offset
+            elif owner == self.config.deployment:
+                sorted_out.live.append(record)
+            else:
+                sorted_out.standby.append(record)
+        return sorted_out
+
+    def rewind_when_idle(self) -> None:
+        """Nothing consumed: a cut-over handing users to us may have appeared behind our positions (we read
+        the whole input on the shadow topic before it), so consume again from there now, not when the next
+        record arrives."""
+        if self.live_throughout:
+            return
+        assigned = self.consumer.assignment()
+        positions = self.consumer.position(assigned) if assigned else []
+        first = {(p.topic, p.partition): p.offset for p in positions if p.offset >= 0}
+        again = self.handover_view(first).rewinds() if first else {}
+        for (topic, partition), offset in again.items():
+            log.info(
+                "%s: consuming %s/%d again from its cut-over %d",
+                self.config.service,
+                topic,
+                partition,
+                offset,
+            )
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+
+    def hold_back(self, ownership: Ownership) -> None:
+        """Consume these partitions again: from a cut-over read past, or from the first record whose owner
+        is not known yet."""
+        for (topic, partition), offset in ownership.held.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        waiting = sorted(p for t, p in ownership.held if (t, p) not in ownership.rewound)
+        if waiting != self.waiting:
+            log.info(
+                "%s (%s deployment): partitions %s wait for the cut-over the live deployment records",
+                self.config.service,
+                self.config.deployment,
+                waiting,
+            )
+        self.waiting = waiting
 
     def record_switches(self, records: Sequence[InputRecord], ledger: DeliveryLedger) -> None:
         """Write down, for each partition in this batch seen first under the current epoch, the offset from
         which it is scored under it: produced with the batch, so under exactly-once in its transaction."""
+        self.record_switches_from([(s.topic, s.partition, s.first) for s in offset_ranges(records)], ledger)
+
+    def record_switches_from(self, starts: Sequence[tuple[str, int, int]], ledger: DeliveryLedger) -> None:
         if self.epoch == 0 or not self.config.control_topic:
             return
-        for span in offset_ranges(records):
-            where = (span.topic, span.partition)
-            epoch, offset = self.recorded_switches.get(where, (0, -1))
-            # Written once per epoch, and again when the partition is replayed from before that offset (an
-            # aborted transaction took the first record with it).
-            if epoch == self.epoch and span.first > offset:
+        self.forget_aborted_switches()
+        for topic, partition, first in starts:
+            written = self.switches.setdefault((topic, partition), [])
+            lowest = min((offset for epoch, offset, _ in written if epoch == self.epoch), default=None)
+            # Written once per epoch, and again when the partition is consumed again from before that offset
+            # (an aborted transaction took the record with it, or a blue/green cut-over is scored again).
+            if lowest is not None and first >= lowest:
                 continue
-            self.recorded_switches[where] = (self.epoch, span.first)
+            written.append((self.epoch, first, self.committer.commits))
             record = SwitchRecord(
                 service=self.config.service,
-                topic=span.topic,
-                partition=span.partition,
-                offset=span.first,
+                topic=topic,
+                partition=partition,
+                offset=first,
                 epoch=self.epoch,
                 instance=self.config.instance,
+                deployment=self.config.deployment,
             )
-            key = switch_key(self.config.service, span.partition, self.epoch, span.first)
+            key = switch_key(self.config.service, partition, self.epoch, first, self.config.deployment)
             self.produce(
                 self.config.control_topic, key.encode(), record.model_dump_json().encode(), None, ledger
             )
+
+    def record_positions_once(self) -> None:
+        """Under a new epoch, before the next consume: write the switch records of every assigned partition
+        at its position, so a blue/green cut-over on a quiet partition does not wait for its next record
+        (the batches that follow start there: they write none)."""
+        if self.switches_recorded_for == self.epoch:
+            return
+        self.switches_recorded_for = self.epoch
+        assigned = self.consumer.assignment()
+        positions = self.consumer.position(assigned) if assigned else []
+        starts = [(p.topic, p.partition, p.offset) for p in positions if p.offset >= 0]
+        if not starts or self.epoch == 0 or not self.config.control_topic:
+            return
+        self.committer.begin()
+        ledger = DeliveryLedger()
+        self.record_switches_from(starts, ledger)
+        self.committer.complete([], ledger, 0)
 
     def raise_if_fatal(self) -> None:
         if self.watch.fatal is not None:
@@ -354,19 +482,53 @@ class ServiceRunner:
            open transaction and commits it.
         """
         started = time.monotonic()
+        seen, live, standby = records, records, []
+        if not self.live_throughout:
+            ownership = self.sort_by_owner(records)
+            self.hold_back(ownership)
+            live, standby = ownership.live, ownership.standby
+            records = live + standby
+            seen = [r for r in seen if (r.topic, r.partition) not in ownership.rewound]
         self.committer.begin()
-        batch = score_batch(
-            records, self.scorer, self.config.service, self.config.max_payload_bytes, datetime.now(UTC)
-        )
-        if self.reloader is not None:
-            self.reloader.offer_sample(batch.plan.events())
         ledger = DeliveryLedger()
-        self.record_switches(records, ledger)
+        # Held-back records count too: we score them under this epoch or a later one, and the other
+        # deployment may be waiting for exactly this record to know its own cut-over.
+        self.record_switches(seen, ledger)
+        if not records:
+            self.committer.complete([], ledger, 0)
+            self.wait_for_cutover()
+            return
+        now = datetime.now(UTC)
+        batch = score_batch(live, self.scorer, self.config.service, self.config.max_payload_bytes, now)
+        sample = batch.plan.events()
         self.produce_outputs(batch, ledger)
+        if standby:
+            sample = sample or self.produce_standby(standby, now, ledger)
+        if self.reloader is not None:
+            self.reloader.offer_sample(sample)
         self.committer.complete(
             offset_ranges(records), ledger, len(records), on_commit=lambda: count_outputs(self.metrics, batch)
         )
         record_batch(self.metrics, self.stats, batch, len(records), time.monotonic() - started)
+
+    def wait_for_cutover(self) -> None:
+        """Nothing in the batch can be scored yet: wait (briefly) for the switch record the other deployment
+        writes; the caller's next consume reads the held records again."""
+        if self.reloader is not None:
+            self.reloader.cutovers.changed.wait(0.2)
+            self.reloader.cutovers.changed.clear()
+
+    def produce_standby(
+        self, records: Sequence[InputRecord], now: datetime, ledger: DeliveryLedger
+    ) -> list[RideEventModel]:
+        """Records the other deployment publishes for users: scored onto the shadow topic only. What cannot be
+        scored is the live deployment's to dead-letter, not ours. Returns the events scored."""
+        batch = score_batch(records, self.scorer, self.config.service, self.config.max_payload_bytes, now)
+        shadow = self.config.shadow_topic or f"{self.config.output_topic}.shadow"
+        for prediction in batch.predictions:
+            self.produce(shadow, prediction.key, prediction.value, prediction.headers, ledger)
+        self.stats.predictions += len(batch.predictions)
+        return batch.plan.events()
 
     def produce_outputs(self, batch: ScoredBatch, ledger: DeliveryLedger) -> None:
         output, shadow = (
@@ -404,6 +566,10 @@ class ServiceRunner:
         """Rebalance hook (subscribe's on_revoke): make in-flight work durable before partitions leave."""
         log.info("%s: revoked %s", self.config.service, [p.partition for p in partitions])
         self.committer.on_revoke(partitions)
+        for partition in partitions:
+            # Its next owner writes its own switch records; ours, if it comes back, are read from the log.
+            self.switches.pop((partition.topic, partition.partition), None)
+        self.switches_recorded_for = 0  # the next assignment's partitions get theirs
 
     def close(self, clean: bool = True) -> None:
         """Leave the group. A clean stop first makes everything processed durable (commits its offsets, or the

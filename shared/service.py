@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.control import Deployment
 from schemas.topics import (
     CONTROL_TOPIC,
     RIDE_EVENTS_TOPIC,
@@ -109,6 +110,22 @@ class ServiceSettings(BaseSettings):
         "outputs stay invisible to read_committed readers)",
     )
 
+    deployment: Deployment = Field(
+        default="blue",
+        description="blue/green: the service's deployment this instance belongs to (green consumes as group "
+        "<group_id>.green; the control topic says which one is live)",
+    )
+
+    @property
+    def consumer_group(self) -> str:
+        """Each deployment is a consumer group of its own, so each reads every partition."""
+        return self.group_id if self.deployment == "blue" else f"{self.group_id}.{self.deployment}"
+
+    @property
+    def member_name(self) -> str:
+        """The instance's name on the control topic (status, switch records): unique across deployments."""
+        return self.instance_name if self.deployment == "blue" else f"{self.instance_name}.{self.deployment}"
+
     @property
     def resolved_shadow_topic(self) -> str:
         return self.shadow_topic or shadow_topic(self.output_topic)
@@ -116,7 +133,7 @@ class ServiceSettings(BaseSettings):
     @property
     def transactional_id(self) -> str:
         """Stable per instance, so a restarted instance fences its predecessor's unfinished transaction."""
-        return f"{self.group_id}.{self.instance_name}"
+        return f"{self.consumer_group}.{self.instance_name}"
 
     def runner_config(self) -> RunnerConfig:
         return RunnerConfig(
@@ -125,7 +142,8 @@ class ServiceSettings(BaseSettings):
             dlq_topic=self.dlq_topic,
             shadow_topic=self.resolved_shadow_topic,
             control_topic=self.control_topic,
-            instance=self.instance_name,
+            instance=self.member_name,
+            deployment=self.deployment,
             batch_size=self.batch_size,
             batch_timeout_s=self.batch_timeout_s,
             broker_loss_timeout_s=self.broker_loss_timeout_s,
@@ -175,7 +193,7 @@ def run_service(
     }
     if settings.group_instance_id:
         consumer_overrides["group.instance.id"] = settings.group_instance_id
-    consumer = make_record_consumer(client_config, settings.group_id, consumer_overrides)
+    consumer = make_record_consumer(client_config, settings.consumer_group, consumer_overrides)
     # A short linger: outputs are on the event→prediction latency path, and a micro-batch of outputs already
     # fills librdkafka's produce batches under load.
     producer_overrides: dict[str, Any] = {"linger.ms": 1, "error_cb": watch.on_error}
@@ -209,8 +227,9 @@ def run_service(
         on_revoke=runner.on_revoke,
     )
     log.info(
-        "%s scoring %s → %s with %s %s (%s)",
+        "%s (%s) scoring %s → %s with %s %s (%s)",
         settings.service,
+        f"{settings.deployment} deployment, group {settings.consumer_group}",
         settings.input_topic,
         settings.output_topic,
         scorer.model_name,

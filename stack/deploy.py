@@ -1,7 +1,8 @@
 """Rollouts on the live fleet: start one, decide each step on evidence, finish it (docs/deployments.md).
 
-    ridestream deploy start SERVICE --strategy canary|ab|shadow --challenger VERSION   publishes the plan
-    ridestream deploy controller        follows every rollout and decides canary steps on its gates
+    ridestream deploy start SERVICE --strategy STRATEGY --challenger VERSION   publishes the plan
+    ridestream deploy controller        follows every rollout and decides canary, rolling and blue/green
+                                        steps on their gates
     ridestream deploy status|report     what runs, with each version's live figures / the evidence
     ridestream deploy promote|rollback|abort SERVICE
 
@@ -31,14 +32,18 @@ from consumers.registry import ServiceSpec
 from schemas.control import (
     CANARY_STEPS,
     MAX_DECISIONS,
+    MAX_HANDOVERS,
     ROLLOUT_PREFIX,
     STATUS_PREFIX,
     Action,
     Decision,
+    Deployment,
     Gates,
+    Handover,
     RolloutState,
     RolloutStatus,
     Strategy,
+    other_deployment,
 )
 from schemas.topics import CONTROL_TOPIC, EVALUATIONS_TOPIC
 from shared.control import ControlLog, operator, publish_control, serving_records
@@ -54,7 +59,8 @@ HEADLINE_SEGMENT = {"duration": "start", "tip": "card", "cost": "all"}
 ALPHA = 0.05
 Z_95 = 1.959964
 CONTROLLER_GROUP = "ridestream-deploy-controller"
-SUPPORTED: tuple[Strategy, ...] = ("canary", "rolling", "ab", "shadow")
+SUPPORTED: tuple[Strategy, ...] = ("blue-green", "canary", "rolling", "ab", "shadow")
+DECIDED: tuple[Strategy, ...] = ("blue-green", "canary", "rolling")
 # An instance whose status is older than this is not counted as part of the fleet (it reports every 2 s).
 LIVE_S = 10.0
 
@@ -120,6 +126,17 @@ def artifact(state: RolloutState, model: str, side: str) -> str:
 # --------------------------------------------------------------------------------------- gates, pure
 
 
+def require_deployment(state: RolloutState, statuses: Sequence[Mapping[str, Any]]) -> None:
+    """A blue/green promotion hands users to the challenger's deployment: refuse it while none of its
+    instances reports (nobody would publish for users after the cut-over)."""
+    green = state.challenger_deployment
+    if not any(s.get("deployment") == green for s in live_instances(statuses, datetime.now(UTC))):
+        raise ConfigError(
+            f"no instance of the {green} deployment of {state.service} reports: start them "
+            f"({state.service.upper()}_DEPLOYMENT={green}) before promoting, or roll back"
+        )
+
+
 def health_problem(state: RolloutState, statuses: Sequence[Mapping[str, Any]]) -> str | None:
     """A reason to roll back from the instances' own reports, or None."""
     gates = state.gates
@@ -146,14 +163,9 @@ def health_problem(state: RolloutState, statuses: Sequence[Mapping[str, Any]]) -
     return None
 
 
-def canary_verdict(
-    state: RolloutState, figures: Mapping[FigureKey, Sums], statuses: Sequence[Mapping[str, Any]]
-) -> Verdict:
-    """The decision on a canary's current step: roll back at the first failed gate; advance (or promote,
-    at the last step) once every changed model has `min_rides` judged rides and is within tolerance."""
-    problem = health_problem(state, statuses)
-    if problem is not None:
-        return Verdict("rollback", problem, {})
+def accuracy_verdict(state: RolloutState, figures: Mapping[FigureKey, Sums]) -> Verdict:
+    """The accuracy gate of a step: "rollback" when a changed model's challenger is worse than tolerated
+    with confidence, None while some model has fewer than `min_rides` judged rides, else "advance"."""
     gates, evidence, waiting = state.gates, {}, []
     for model in changed_models(state):
         champion = since(figures, state.start_baseline, model, artifact(state, model, CHAMPION))
@@ -178,12 +190,61 @@ def canary_verdict(
             )
     if waiting:
         return Verdict(None, "; ".join(waiting), evidence)
+    return Verdict("advance", "", evidence)
+
+
+def canary_verdict(
+    state: RolloutState, figures: Mapping[FigureKey, Sums], statuses: Sequence[Mapping[str, Any]]
+) -> Verdict:
+    """The decision on a canary's current step: roll back at the first failed gate; advance (or promote,
+    at the last step) once every changed model has `min_rides` judged rides and is within tolerance."""
+    problem = health_problem(state, statuses)
+    if problem is not None:
+        return Verdict("rollback", problem, {})
+    accuracy = accuracy_verdict(state, figures)
+    if accuracy.action != "advance":
+        return accuracy
     last = state.step >= len(state.steps) - 1
     return Verdict(
         "promote" if last else "advance",
         f"step {state.step + 1} of {len(state.steps)} at {state.share():.0%} passed every gate",
-        evidence,
+        accuracy.evidence,
     )
+
+
+def blue_green_verdict(
+    state: RolloutState,
+    figures: Mapping[FigureKey, Sums],
+    statuses: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> Verdict:
+    """Step 1: the challenger's deployment runs warm on the shadow topic; once it serves the challenger and
+    passes the accuracy gate, users are switched to it ("advance"). Step 2: live, it must pass the gate
+    again over rides scored since the switch before it is promoted; a failed gate hands users back."""
+    problem = health_problem(state, statuses)
+    if problem is not None:
+        return Verdict("rollback", problem, {})
+    green = state.challenger_deployment
+    instances = [s for s in live_instances(statuses, now) if s.get("deployment") == green]
+    if not instances:
+        return Verdict(
+            None,
+            f"no instance of the {green} deployment reports: start them with "
+            f"{state.service.upper()}_DEPLOYMENT={green}",
+            {},
+        )
+    target = ",".join(f"{m}={v}" for m, v in sorted(state.challenger.items()))
+    behind = [str(s.get("instance")) for s in instances if s.get("epoch") != state.epoch]
+    if behind or any(s.get("serving") != target for s in instances):
+        return Verdict(None, f"the {green} deployment is switching to {target} ({', '.join(behind)})", {})
+    accuracy = accuracy_verdict(state, figures)
+    if accuracy.action != "advance":
+        return accuracy
+    if state.step == 0:
+        return Verdict(
+            "advance", f"the {green} deployment passed every gate warm: users switch to it", accuracy.evidence
+        )
+    return Verdict("promote", f"the {green} deployment passed every gate live", accuracy.evidence)
 
 
 def live_instances(statuses: Sequence[Mapping[str, Any]], now: datetime) -> list[Mapping[str, Any]]:
@@ -342,6 +403,31 @@ def advanced(
     )
 
 
+def handed_over(state: RolloutState, to: Deployment) -> list[Handover]:
+    """The handovers after one to `to` at the next epoch (none added when `to` is live already)."""
+    if state.owner == to:
+        return list(state.handovers)
+    return [*state.handovers, Handover(epoch=state.epoch + 1, to=to)]
+
+
+def switched_over(
+    state: RolloutState, figures: Mapping[FigureKey, Sums], reason: str, evidence: dict[str, Any]
+) -> RolloutState:
+    """blue/green: users switch to the challenger's deployment; the next step's evidence starts now."""
+    after = advanced(state, figures, reason, evidence)
+    return after.model_copy(update={"handovers": handed_over(state, state.challenger_deployment)})
+
+
+def carried_handovers(previous: RolloutState | None) -> tuple[Deployment, list[Handover]]:
+    """Who owns what, carried into the next rollout: the deployment live before the handovers kept, and
+    the last MAX_HANDOVERS - 2 of them (room for this rollout's switch and its rollback)."""
+    if previous is None:
+        return "blue", []
+    kept = previous.handovers[-(MAX_HANDOVERS - 2) :]
+    dropped = previous.handovers[: len(previous.handovers) - len(kept)]
+    return (dropped[-1].to if dropped else previous.live), list(kept)
+
+
 def rolled_on(state: RolloutState, reason: str, evidence: dict[str, Any]) -> RolloutState:
     """The next instance switches (rolling)."""
     return decided(
@@ -358,7 +444,13 @@ def rolled_on(state: RolloutState, reason: str, evidence: dict[str, Any]) -> Rol
 def finished(
     state: RolloutState, status: RolloutStatus, action: Action, reason: str, evidence: dict[str, Any]
 ) -> RolloutState:
-    return decided(state, action, reason, evidence, status=status, epoch=state.epoch + 1)
+    """The rollout's end. A blue/green hands users to the challenger's deployment on promotion and back to
+    the other one otherwise (each only if it is not live already)."""
+    handovers = state.handovers
+    if state.strategy == "blue-green":
+        green = state.challenger_deployment
+        handovers = handed_over(state, green if status == "promoted" else other_deployment(green))
+    return decided(state, action, reason, evidence, status=status, epoch=state.epoch + 1, handovers=handovers)
 
 
 # ------------------------------------------------------------------------------------------ Kafka I/O
@@ -479,10 +571,10 @@ def steps_for(strategy: Strategy, steps: Sequence[float] | None, share: float | 
         return chosen
     if steps:
         raise ConfigError(f"--steps is for canaries; a {strategy} takes --share")
-    if strategy == "rolling":
+    if strategy in ("rolling", "blue-green"):
         if share is not None:
-            raise ConfigError("a rolling rollout switches whole instances: no --share")
-        return [1.0]
+            raise ConfigError(f"a {strategy} rollout switches whole instances: no --share")
+        return [0.0, 1.0] if strategy == "blue-green" else [1.0]
     return [share if share is not None else (0.5 if strategy == "ab" else 1.0)]
 
 
@@ -525,6 +617,7 @@ def started(
     for model, version in challenger.items():
         if champion[model] != version:
             registry.set_alias(model, CHALLENGER, version)
+    live, handovers = carried_handovers(current)
     now = datetime.now(UTC)
     draft = RolloutState(
         service=spec.name,
@@ -536,8 +629,12 @@ def started(
         gates=gates,
         step_started_at=now,
         artifacts=artifacts,
+        live=live,
+        handovers=handovers,
         updated_at=now,
     )
+    # blue/green: the challenger runs on the deployment not live now
+    draft = draft.model_copy(update={"challenger_deployment": other_deployment(draft.owner)})
     pairs = [(m, artifact(draft, m, side)) for m in draft.challenger for side in (CHAMPION, CHALLENGER)]
     baseline = baseline_of(fleet.figures, pairs)
     reason = f"{strategy} of {spec.name}: challenger {challenger} against champion {champion}, steps {steps}"
@@ -545,8 +642,8 @@ def started(
 
 
 class Controller:
-    """Decides canary steps for every service. Only the member of CONTROLLER_GROUP holding the control
-    topic's one partition acts; the others wait (a warm standby)."""
+    """Decides canary, rolling and blue/green steps for every service. Only the member of CONTROLLER_GROUP
+    holding the control topic's one partition acts; the others wait (a warm standby)."""
 
     def __init__(
         self,
@@ -601,19 +698,24 @@ class Controller:
         fleet = fleet_state(self.control, self.evaluations.state, self.evaluator_group)
         changed = []
         for service, state in fleet.rollouts.items():
-            if not state.running or state.strategy not in ("canary", "rolling"):
+            if not state.running or state.strategy not in DECIDED:
                 continue
             if self.published.get(service, 0) > state.epoch:
                 continue  # our last decision is not read back yet
             statuses = fleet.statuses.get(service, [])
             if state.strategy == "rolling":
                 verdict = rolling_verdict(state, statuses, datetime.now(UTC))
+            elif state.strategy == "blue-green":
+                verdict = blue_green_verdict(state, fleet.figures, statuses, datetime.now(UTC))
             else:
                 verdict = canary_verdict(state, fleet.figures, statuses)
             if verdict.action is None:
                 continue
             if verdict.action == "advance" and state.strategy == "rolling":
                 after = rolled_on(state, verdict.reason, verdict.evidence)
+                publish_rollout(self.client_config, after, self.control_topic)
+            elif verdict.action == "advance" and state.strategy == "blue-green":
+                after = switched_over(state, fleet.figures, verdict.reason, verdict.evidence)
                 publish_rollout(self.client_config, after, self.control_topic)
             elif verdict.action == "advance":
                 after = advanced(state, fleet.figures, verdict.reason, verdict.evidence)

@@ -59,7 +59,7 @@ def percent_list(text: str | None) -> list[float] | None:
 @deploy_app.command("start")
 def start(
     service: ServiceArg,
-    strategy: Annotated[str, typer.Option(help="canary, ab or shadow (blue-green, rolling: not yet)")],
+    strategy: Annotated[str, typer.Option(help="blue-green, canary, rolling, shadow or ab")],
     challenger: Annotated[str, typer.Option(help="registry version (or model=version,...)")],
     steps: Annotated[str | None, typer.Option(help="canary: challenger %% per step (5,25,50,100)")] = None,
     share: Annotated[
@@ -122,11 +122,22 @@ def status_document(state: RolloutState, fleet: deploy.FleetState) -> dict[str, 
         "steps": state.steps,
         "share": state.share(),
         "epoch": state.epoch,
+        "live_deployment": state.owner,
         "versions": versions,
         "instances": [
             {
                 k: s.get(k)
-                for k in ("instance", "serving", "epoch", "predicted", "unscoreable", "p99_ms", "refused")
+                for k in (
+                    "instance",
+                    "deployment",
+                    "serving",
+                    "epoch",
+                    "predicted",
+                    "unscoreable",
+                    "p99_ms",
+                    "refused",
+                    "waiting_for_cutover",
+                )
             }
             for s in fleet.statuses.get(state.service, [])
         ],
@@ -157,7 +168,8 @@ def status(
     for doc in documents:
         table = Table(
             title=f"{doc['service']}: {doc['strategy']} {doc['status']}, step {doc['step']} of "
-            f"{len(doc['steps'])} at {doc['share']:.0%} (epoch {doc['epoch']})"
+            f"{len(doc['steps'])} at {doc['share']:.0%} (epoch {doc['epoch']}, "
+            f"{doc['live_deployment']} deployment live)"
         )
         for column in (
             "model",
@@ -228,6 +240,8 @@ def conclude_command(
     state = fleet.rollouts.get(service)
     if state is None:
         raise ConfigError(f"no rollout of {service} on {control_topic}")
+    if action == "promote" and state.strategy == "blue-green":
+        deploy.require_deployment(state, fleet.statuses.get(service, []))
     evidence = deploy.report(state, fleet.figures)["models"]
     reason = f"{action} by {operator()}"
     done = deploy.conclude(config, ModelRegistry(models), state, action, reason, evidence, control_topic)
