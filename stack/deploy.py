@@ -418,6 +418,21 @@ def switched_over(
     return after.model_copy(update={"handovers": handed_over(state, state.challenger_deployment)})
 
 
+def switched_by_hand(
+    state: RolloutState, fleet: FleetState, reason: str, evidence: dict[str, Any]
+) -> RolloutState:
+    """A person's switch of a blue/green: users go to the challenger's deployment now (the controller, if
+    one runs, then judges the live step as usual)."""
+    if state.strategy != "blue-green" or not state.running:
+        raise ConfigError(
+            f"only a running blue-green switches; {state.service} has a {state.strategy} ({state.status})"
+        )
+    if state.step > 0:
+        raise ConfigError(f"{state.service} switched already (epoch {state.epoch}): promote or roll back")
+    require_deployment(state, fleet.statuses.get(state.service, []))
+    return switched_over(state, fleet.figures, reason, evidence)
+
+
 def carried_handovers(previous: RolloutState | None) -> tuple[Deployment, list[Handover]]:
     """Who owns what, carried into the next rollout: the deployment live before the handovers kept, and
     the last MAX_HANDOVERS - 2 of them (room for this rollout's switch and its rollback)."""

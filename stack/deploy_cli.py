@@ -265,6 +265,26 @@ def _register_conclusion(action: Action, summary: str) -> None:
     deploy_app.command(action)(command)
 
 
+@deploy_app.command("switch")
+def switch(
+    service: ServiceArg,
+    bootstrap_servers: Bootstrap = None,
+    control_topic: ControlTopic = CONTROL_TOPIC,
+    evaluations_topic: EvaluationsTopic = EVALUATIONS_TOPIC,
+    evaluator_group: EvaluatorGroup = EVALUATOR_GROUP,
+) -> None:
+    """blue/green: hand users to the challenger's deployment now, without waiting for its gate."""
+    config = client_config(bootstrap_servers)
+    fleet = deploy.read_fleet_state(config, control_topic, evaluations_topic, evaluator_group)
+    state = fleet.rollouts.get(service)
+    if state is None:
+        raise ConfigError(f"no rollout of {service} on {control_topic}")
+    evidence = deploy.report(state, fleet.figures)["models"]
+    after = deploy.switched_by_hand(state, fleet, f"switch by {operator()}", evidence)
+    deploy.publish_rollout(config, after, control_topic)
+    Console(stderr=True).print(f"{service}: users on the {after.owner} deployment (epoch {after.epoch})")
+
+
 _register_conclusion(
     "promote", "End the rollout with the challenger as champion (registry and control topic)."
 )

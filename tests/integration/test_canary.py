@@ -5,106 +5,25 @@ training run as good as the champion is promoted."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench.faults import Load, Verifier, publish_at_rate
 from consumers.routing import ride_bucket
-from consumers.training import train_models
-from producer.synthetic import synthesize_trips
-from schemas.control import RolloutState
 from shared.registry import CHAMPION, ModelRegistry
-from stack.deploy import read_fleet_state
-from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
+from stack.fleet import start_service, stop_service, wait_ready
+from tests.integration.rollouts import deploy_options, rollout, wait_until_over
 from tests.integration.test_hot_reload import register_corrupt_version
-from tests.integration.topics import REPO, ridestream
+from tests.integration.topics import ridestream
 
 RIDES = 9000
 RATE = 4000.0
 SHARE = 0.5
-DECIDE_S = 150.0
-
-
-@pytest.fixture(scope="module")
-def registry_with_challengers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cost v1 the champion, v2 another training run, v3 fit on shuffled targets (worthless)."""
-    models = tmp_path_factory.mktemp("canary-registry")
-    train_models(synthesize_trips(6000, seed=41).trips, models)
-    train_models(synthesize_trips(6000, seed=42).trips, models, only=["cost"])
-    shuffled = synthesize_trips(6000, seed=43).trips
-    shuffled["total_amount_usd"] = np.random.default_rng(0).permutation(
-        shuffled["total_amount_usd"].to_numpy()
-    )
-    train_models(shuffled, models, only=["cost"])
-    return models
-
-
-@pytest.fixture
-def controller(
-    kafka_bootstrap: str, registry_with_challengers: Path, tmp_path: Path
-) -> Iterator[dict[str, str]]:
-    names = {
-        "control": f"control-{uuid.uuid4().hex[:10]}",
-        "evaluations": f"evaluations-{uuid.uuid4().hex[:10]}",
-        "evaluator_group": f"test-evaluator-{uuid.uuid4().hex[:6]}",
-    }
-    log = (tmp_path / "controller.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "stack.cli", "deploy", "controller",
-            "--models", str(registry_with_challengers), "-b", kafka_bootstrap,
-            "--control-topic", names["control"], "--evaluations-topic", names["evaluations"],
-            "--evaluator-group", names["evaluator_group"], "--interval", "1",
-            "--group", f"test-controller-{uuid.uuid4().hex[:6]}",
-        ],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
-        yield {**names, "log": str(tmp_path / "controller.log")}
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
-
-
-def deploy_options(models: Path, bootstrap: str, names: dict[str, str]) -> tuple[str, ...]:
-    """The `ridestream deploy` options that point it at this test's registry, broker and topics."""
-    return (
-        "--models", str(models), "-b", bootstrap,
-        "--control-topic", names["control"], "--evaluations-topic", names["evaluations"],
-        "--evaluator-group", names["evaluator_group"],
-    )  # fmt: skip
-
-
-def rollout(bootstrap: str, names: dict[str, str]) -> RolloutState | None:
-    fleet = read_fleet_state(
-        {"bootstrap.servers": bootstrap}, names["control"], names["evaluations"], names["evaluator_group"]
-    )
-    return fleet.rollouts.get("cost")
-
-
-def wait_until_over(bootstrap: str, names: dict[str, str], instances: list[ServiceProcess]) -> RolloutState:
-    deadline = time.monotonic() + DECIDE_S
-    while True:
-        state = rollout(bootstrap, names)
-        if state is not None and not state.running:
-            return state
-        for instance in instances:
-            assert instance.process.poll() is None, instance.log_tail(30)
-        assert time.monotonic() < deadline, (
-            f"no decision in {DECIDE_S:.0f}s: {state.decisions[-1] if state else None}\n"
-            + Path(names["log"]).read_text()[-2000:]
-        )
-        time.sleep(1.0)  # the controller decides every second; this polls its outcome
 
 
 def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_without_a_person(
