@@ -18,7 +18,7 @@ from consumers.evaluator.service import EVALUATOR_GROUP
 from consumers.registry import SERVICE_NAMES, service_spec
 from consumers.serve import serve
 from schemas.topics import CONTROL_TOPIC, EVALUATIONS_TOPIC
-from shared.errors import RidestreamError
+from shared.errors import ConfigError, RidestreamError
 from shared.lifecycle import run_guarded
 from shared.runner import DEFAULT_BATCH_SIZE
 
@@ -471,6 +471,12 @@ def consume(
             help="stable instance name; names the transactional.id under exactly_once (default: host name)"
         ),
     ] = None,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            help="blue/green: blue (default) or green, a consumer group of its own (docs/deployments.md)"
+        ),
+    ] = None,
     engine: Annotated[
         Engine, typer.Option(help="confluent (default) or Faust agents per event / batched (docs/faust.md)")
     ] = Engine.confluent,
@@ -486,7 +492,10 @@ def consume(
         "idle_timeout_s": idle_timeout,
         "processing_guarantee": processing_guarantee.value if processing_guarantee else None,
         "instance_name": instance_name,
+        "deployment": deployment,
     }
+    if deployment is not None and (engine != Engine.confluent or service.value == EVALUATOR):
+        raise ConfigError("--deployment (blue/green) is for scoring services on the confluent engine")
     kafka = _kafka_settings(bootstrap_servers)
     overrides = {k: v for k, v in flags.items() if v is not None}
     if service.value == EVALUATOR:

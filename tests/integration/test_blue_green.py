@@ -16,6 +16,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from bench.faults import Load, Verifier, publish_at_rate
 from schemas.control import RolloutState, SwitchRecord
 from schemas.topics import shadow_topic
@@ -23,7 +25,7 @@ from shared.handover import HandoverStep, first_at, owner_at
 from shared.registry import CHAMPION, ModelRegistry
 from stack.deploy import read_fleet_state
 from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
-from tests.integration.rollouts import deploy_options, rollout
+from tests.integration.rollouts import deploy_options, rollout, wait_until_over
 from tests.integration.topics import drain, ridestream
 
 RIDES = 5000
@@ -45,14 +47,22 @@ def wait_for(condition: Callable[[], bool], what: str, instances: list[ServicePr
 class BlueGreen:
     """Two deployments of cost on this test's topics, and the `ridestream deploy` commands against them."""
 
-    def __init__(self, bootstrap: str, registry: Path, topic_factory: Callable[..., str], logs: Path) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        registry: Path,
+        topic_factory: Callable[..., str],
+        logs: Path,
+        names: dict[str, str] | None = None,
+    ) -> None:
         self.bootstrap, self.registry, self.logs = bootstrap, registry, logs
         self.rides, self.output = topic_factory("rides"), topic_factory("predictions-cost")
-        self.names = {
+        self.names = names or {
             "control": f"control-{uuid.uuid4().hex[:10]}",
             "evaluations": f"evaluations-{uuid.uuid4().hex[:10]}",
             "evaluator_group": f"test-evaluator-{uuid.uuid4().hex[:6]}",
         }
+        ModelRegistry(registry).set_alias("cost", CHAMPION, "1")
         self.group = f"test-cost-{uuid.uuid4().hex[:6]}"
         self.instances: dict[int, ServiceProcess] = {}
         models = ModelRegistry(registry)
@@ -68,6 +78,8 @@ class BlueGreen:
             "CONTROL_TOPIC": self.names["control"],
             "PROCESSING_GUARANTEE": "exactly_once",
             "DEPLOYMENT": "blue" if number == BLUE else "green",
+            # a killed instance's partitions move on after 10 s, not the default 45
+            "SESSION_TIMEOUT_S": "10",
         }
         self.instances[number] = start_service("cost", number, self.bootstrap, self.registry, self.logs, env)
         return self.instances[number]
@@ -136,8 +148,11 @@ def replay_owners(bootstrap: str, control: str) -> tuple[RolloutState, Callable[
     return last, lambda partition, offset: owner_at(steps, last.live, cutover, "", partition, offset)
 
 
-def assert_scored_once_by_the_owner(bg: BlueGreen, load: Load, expected_handovers: int) -> Counter[str]:
-    """Every ride_started event on the user topic exactly once, each by the version its owner served."""
+def assert_scored_once_by_the_owner(
+    bg: BlueGreen, load: Load, expected_handovers: int, green_version: str = "2"
+) -> Counter[str]:
+    """Every ride_started event on the user topic exactly once, each by the version its owner served (blue
+    v1, green `green_version`)."""
     client = {"bootstrap.servers": bg.bootstrap}
     started = {json.loads(v)["event_id"] for _k, v in load.events if b'"ride_started"' in v}  # scored
     users = drain(client, [bg.output], expected=len(started), isolation="read_committed")
@@ -156,7 +171,7 @@ def assert_scored_once_by_the_owner(bg: BlueGreen, load: Load, expected_handover
         version = bg.version_of[prediction["model_version"]]
         by_version[version] += 1
         who = owner(*inputs[prediction["source_event_id"]])
-        if version != ("1" if who == "blue" else "2"):
+        if version != ("1" if who == "blue" else green_version):
             wrong.append((prediction["source_event_id"], inputs[prediction["source_event_id"]], who, version))
     assert not wrong, f"{len(wrong)} predictions not by the owner the control log says: {wrong[:5]}"
     return by_version
@@ -205,3 +220,75 @@ def test_blue_green_switch_rollback_and_switch_again_score_each_input_once_by_th
     assert ModelRegistry(registry_with_challengers).alias_version("cost", CHAMPION) == "2"
     shadows = drain({"bootstrap.servers": kafka_bootstrap}, [shadow_topic(bg.output)], quiet_s=3.0)
     assert shadows, "the deployment not live scored onto the shadow topic"
+
+
+@pytest.mark.slow  # ~2 min: run by `make faults` and `make test-all`
+def test_the_controller_rolls_a_worse_green_back_before_users_see_it_and_switches_to_a_good_one(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., str],
+    registry_with_challengers: Path,
+    controller: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    names = {k: controller[k] for k in ("control", "evaluations", "evaluator_group")}
+    bg = BlueGreen(kafka_bootstrap, registry_with_challengers, topic_factory, tmp_path / "logs", names)
+    load = Load.synthetic(9000, seed=62)
+    gates = ("--min-rides", "150", "--tolerance", "0.2", "--max-p99-ms", "120000")
+    try:
+        instances = [bg.start(BLUE), bg.start(GREEN), bg.evaluator()]
+        wait_ready(instances)
+        publish_at_rate(kafka_bootstrap, bg.rides, load.events, 2500.0, done := threading.Event())
+
+        bg.deploy("start", "cost", "--strategy", "blue-green", "--challenger", "3", *gates)
+        worse = wait_until_over(kafka_bootstrap, controller, instances)
+        assert worse.status == "rolled_back" and worse.step == 0, worse.decisions[-1]
+        assert "exceeds the champion's" in worse.decisions[-1].reason
+        assert not worse.handovers, "users never switched to the worse model"
+
+        bg.deploy("start", "cost", "--strategy", "blue-green", "--challenger", "2", *gates)
+        good = wait_until_over(kafka_bootstrap, controller, instances)
+        assert good.status == "promoted", good.decisions[-1]
+        assert [d.action for d in good.decisions] == ["start", "advance", "promote"]
+        assert [h.to for h in good.handovers] == ["green"]
+        assert done.wait(120), "the load did not finish"
+    finally:
+        bg.stop()
+    by_version = assert_scored_once_by_the_owner(bg, load, expected_handovers=1)
+    assert "3" not in by_version, "the worse model never published for users"
+    assert ModelRegistry(registry_with_challengers).alias_version("cost", CHAMPION) == "2"
+
+
+@pytest.mark.slow  # ~2 min: run by `make faults` and `make test-all`
+def test_a_kill_9_in_the_middle_of_a_switch_and_of_a_rollback_loses_and_duplicates_nothing(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], registry_with_challengers: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    bg = BlueGreen(kafka_bootstrap, registry_with_challengers, topic_factory, tmp_path / "logs")
+    load = Load.synthetic(RIDES, seed=63)
+    verifier = Verifier(kafka_bootstrap, bg.output)
+    verifier.start()
+    try:
+        instances = [bg.start(BLUE), bg.start(GREEN)]
+        wait_ready(instances)
+        publish_at_rate(kafka_bootstrap, bg.rides, load.events, RATE, done := threading.Event())
+
+        bg.deploy("start", "cost", "--strategy", "blue-green", "--challenger", "2")
+        wait_for(lambda: bg.green_serves("2"), "green serving v2", instances)
+        bg.deploy("switch", "cost")
+        stop_service(bg.instances[GREEN], signal.SIGKILL)  # the one taking over, mid-switch
+        instances = [instances[0], bg.start(GREEN)]
+        wait_ready(instances)
+        seen = len(verifier.values)
+        wait_for(lambda: len(verifier.values) >= seen + 150, "outputs after the restart", instances)
+
+        bg.deploy("rollback", "cost")
+        stop_service(bg.instances[BLUE], signal.SIGKILL)  # the one taking users back, mid-rollback
+        instances = [bg.start(BLUE), instances[1]]
+        wait_ready(instances)
+        assert done.wait(120), "the load did not finish"
+    finally:
+        verifier.stop()
+        bg.stop()
+    by_version = assert_scored_once_by_the_owner(bg, load, expected_handovers=2)
+    assert by_version["1"] and by_version["2"], by_version

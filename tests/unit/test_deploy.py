@@ -166,3 +166,61 @@ def test_one_outlier_ride_does_not_roll_a_good_challenger_back() -> None:
     verdict = deploy.canary_verdict(canary(), outlier, [])
     assert verdict.evidence["tip"]["challenger"]["rmse"] > 2.0
     assert verdict.action == "advance", verdict.reason
+
+
+def blue_green(step: int = 0, live: str = "blue") -> RolloutState:
+    return canary(step).model_copy(
+        update={
+            "strategy": "blue-green",
+            "steps": [0.0, 1.0],
+            "live": live,
+            "challenger_deployment": "green" if live == "blue" else "blue",
+        }
+    )
+
+
+def reporting(deployment: str, serving: str, epoch: int = 3) -> dict[str, object]:
+    return {
+        "instance": f"tip-1.{deployment}",
+        "deployment": deployment,
+        "serving": serving,
+        "epoch": epoch,
+        "updated_at": NOW.isoformat(),
+    }
+
+
+def test_a_blue_green_switches_once_green_serves_and_passes_then_promotes_or_hands_users_back() -> None:
+    good = figures(noise(500, 1.0, 1), noise(300, 1.02, 2))
+    state = blue_green()
+    nobody = deploy.blue_green_verdict(state, good, [reporting("blue", "tip=1")], NOW)
+    assert nobody.action is None and "TIP_DEPLOYMENT=green" in nobody.reason
+    behind = deploy.blue_green_verdict(state, good, [reporting("green", "tip=2", epoch=2)], NOW)
+    assert behind.action is None and "switching" in behind.reason
+    green = [reporting("green", "tip=2")]
+    assert deploy.blue_green_verdict(state, good, green, NOW).action == "advance"
+    worse = figures(noise(500, 1.0, 1), noise(300, 3.0, 2))
+    assert deploy.blue_green_verdict(state, worse, green, NOW).action == "rollback"
+
+    switched = deploy.switched_over(state, good, "switch", {})
+    assert (switched.step, switched.epoch, switched.owner) == (1, 4, "green")
+    assert [(h.epoch, h.to) for h in switched.handovers] == [(4, "green")]
+    live = [reporting("green", "tip=2", epoch=4)]
+    assert deploy.blue_green_verdict(switched, good, live, NOW).action is None, "judged on rides since"
+    later = figures(noise(500, 1.0, 1), noise(300, 1.02, 2) + noise(200, 1.0, 3))
+    assert deploy.blue_green_verdict(switched, later, live, NOW).action == "promote"
+    back = deploy.finished(switched, "rolled_back", "rollback", "worse live", {})
+    assert back.owner == "blue" and [h.epoch for h in back.handovers] == [4, 5]
+    # a rollback before the switch hands nothing over: blue was live throughout
+    assert deploy.finished(state, "rolled_back", "rollback", "worse warm", {}).handovers == []
+    promoted = deploy.finished(state, "promoted", "promote", "by hand", {})
+    assert promoted.owner == "green" and promoted.status == "promoted"
+
+
+def test_who_is_live_carries_over_to_the_next_rollouts_and_old_handovers_are_dropped_in_order() -> None:
+    from schemas.control import MAX_HANDOVERS, Handover
+
+    assert deploy.carried_handovers(None) == ("blue", [])
+    many = [Handover(epoch=e, to="green" if e % 2 else "blue") for e in range(1, MAX_HANDOVERS + 1)]
+    live, kept = deploy.carried_handovers(blue_green().model_copy(update={"handovers": many}))
+    assert len(kept) == MAX_HANDOVERS - 2 and kept[0].epoch == 3
+    assert live == "blue"  # the owner after the dropped handovers (epoch 2 handed users to blue)

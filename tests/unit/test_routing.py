@@ -110,6 +110,19 @@ def test_the_plan_follows_the_control_log() -> None:
     state["rollout/tip"] = rolling.model_dump_json().encode()
     assert desired_plan(state, "tip", ["tip"], {}, "tip-2").champion == (("tip", "2"),)
     assert desired_plan(state, "tip", ["tip"], {}, "tip-1").champion == (("tip", "1"),)
+    from schemas.control import Handover
+    from shared.handover import HandoverStep
+
+    switched = canary.model_copy(
+        update={"strategy": "blue-green", "epoch": 7, "handovers": [Handover(epoch=7, to="green")]}
+    )
+    state["rollout/tip"] = switched.model_dump_json().encode()
+    blue = desired_plan(state, "tip", ["tip"], {}, "tip-1", deployment="blue")
+    green = desired_plan(state, "tip", ["tip"], {}, "tip-1.green", deployment="green")
+    assert (blue.champion, green.champion) == ((("tip", "1"),), (("tip", "2"),)), (
+        "green serves the challenger"
+    )
+    assert blue.handovers == green.handovers == (HandoverStep(7, "green"),) and blue.mode == ""
     state["rollout/tip"] = b"not json"
     assert desired_plan(state, "tip", ["tip"], {}, "tip-1").mode == "", "a bad record is ignored"
     assert json.loads(state["serving/tip"])["model"] == "tip"
