@@ -260,6 +260,7 @@ class ServiceRunner:
             reloader.status_source = self.status
         self.metrics.on_model_loaded(scorer.model_name, scorer.model_version, serving)
         self._last_lag = 0.0
+        self.lag = 0  # records behind, over the assigned partitions (status reports, rolling's health)
 
     def run(self, stop: threading.Event) -> RunStats:
         """Process batches until `stop` is set (or a bounded run ends); then commit and leave the group."""
@@ -315,6 +316,7 @@ class ServiceRunner:
             "p99_ms": self.metrics.recent_p99_ms(),
             "consumed": self.stats.consumed,
             "dead_lettered": self.stats.dead_lettered,
+            "lag": self.lag,
             "live": self.live_throughout,
             "waiting_for_cutover": list(self.waiting),
         }
@@ -557,10 +559,14 @@ class ServiceRunner:
             return
         self._last_lag = time.monotonic()
         assigned = self.consumer.assignment()
+        total = 0
         for position in self.consumer.position(assigned) if assigned else []:
             marks = self.consumer.get_watermark_offsets(position, cached=True)
             if marks is not None and position.offset >= 0:
-                self.metrics.on_lag(position.topic, position.partition, max(0, marks[1] - position.offset))
+                lag = max(0, marks[1] - position.offset)
+                self.metrics.on_lag(position.topic, position.partition, lag)
+                total += lag
+        self.lag = total
 
     def on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         """Rebalance hook (subscribe's on_revoke): make in-flight work durable before partitions leave."""

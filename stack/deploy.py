@@ -63,6 +63,8 @@ SUPPORTED: tuple[Strategy, ...] = ("blue-green", "canary", "rolling", "ab", "sha
 DECIDED: tuple[Strategy, ...] = ("blue-green", "canary", "rolling")
 # An instance whose status is older than this is not counted as part of the fleet (it reports every 2 s).
 LIVE_S = 10.0
+# Rolling: an instance whose lag grew by more than this since it switched is not keeping up (yet).
+LAG_SLACK = 5000
 
 
 class Verdict(NamedTuple):
@@ -276,13 +278,20 @@ def rolling_verdict(state: RolloutState, statuses: Sequence[Mapping[str, Any]], 
         if refused and target.split(",")[0] in refused:
             reason = f"{name} cannot serve the challenger ({refused}): roll halted, every instance back"
             return Verdict("rollback", reason, {"instance": dict(last)})
-        since = next(
-            (d.evidence.get("consumed") for d in reversed(state.decisions) if d.action == "advance"), 0
-        )
+        at_switch = next((d.evidence for d in reversed(state.decisions) if d.action == "advance"), {})
         if last.get("epoch") != state.epoch or last.get("serving") != target:
             return Verdict(None, f"{name} is switching to {target}", {})
-        if int(last.get("consumed", 0)) <= int(since or 0):
+        problem = unhealthy_since_switch(state.gates, last, at_switch)
+        if problem is not None:
+            return Verdict(
+                "rollback", f"{name}: {problem}: roll halted, every instance back", {"instance": dict(last)}
+            )
+        scored = int(last.get("consumed", 0)) - int(at_switch.get("consumed", 0) or 0)
+        if scored <= 0:
             return Verdict(None, f"{name} serves {target}; waiting for it to score", {})
+        lag, lag_then = int(last.get("lag", 0) or 0), int(at_switch.get("lag", 0) or 0)
+        if lag > lag_then + LAG_SLACK:
+            return Verdict(None, f"{name} serves {target} but its lag grew ({lag_then} → {lag} records)", {})
     remaining = [s for s in instances if str(s.get("instance")) not in state.switched]
     if not remaining:
         return Verdict("promote", f"all {len(state.switched)} instances serve {target} and score", {})
@@ -290,8 +299,24 @@ def rolling_verdict(state: RolloutState, statuses: Sequence[Mapping[str, Any]], 
     return Verdict(
         "advance",
         f"switching {following.get('instance')} ({len(state.switched) + 1} of {len(instances)})",
-        {"next": following.get("instance"), "consumed": following.get("consumed", 0)},
+        {
+            "next": following.get("instance"),
+            **{k: following.get(k, 0) for k in ("consumed", "dead_lettered", "lag")},
+        },
     )
+
+
+def unhealthy_since_switch(
+    gates: Gates, status: Mapping[str, Any], at_switch: Mapping[str, Any]
+) -> str | None:
+    """An instance's own report since it switched, against the gates: its dead-letter share (the unscoreable
+    gate: a challenger that cannot score the events its champion could)."""
+    consumed = int(status.get("consumed", 0)) - int(at_switch.get("consumed", 0) or 0)
+    dead = int(status.get("dead_lettered", 0) or 0) - int(at_switch.get("dead_lettered", 0) or 0)
+    if consumed >= 50 and dead / consumed > gates.max_unscoreable_rate:
+        limit = gates.max_unscoreable_rate
+        return f"{dead} of {consumed} records dead-lettered since it switched (limit {limit:.1%})"
+    return None
 
 
 def worse_than_tolerated(challenger: Sums, champion: Sums, tolerance: float) -> float | None:

@@ -129,7 +129,13 @@ def rolling(switched: list[str], epoch: int = 5, consumed_at_switch: int = 100) 
 
 
 def report_of(
-    name: str, serving: str, epoch: int = 5, consumed: int = 500, refused: str = ""
+    name: str,
+    serving: str,
+    epoch: int = 5,
+    consumed: int = 500,
+    refused: str = "",
+    dead_lettered: int = 0,
+    lag: int = 0,
 ) -> dict[str, object]:
     return {
         "instance": name,
@@ -137,6 +143,8 @@ def report_of(
         "epoch": epoch,
         "consumed": consumed,
         "refused": refused,
+        "dead_lettered": dead_lettered,
+        "lag": lag,
         "updated_at": NOW.isoformat(),
     }
 
@@ -156,6 +164,10 @@ def test_a_roll_switches_one_healthy_instance_after_another_and_halts_on_a_refus
     refused = [report_of("cost-1", "tip=1", refused="tip=2: load failed: corrupt"), *fleet[1:]]
     halted = deploy.rolling_verdict(rolling(["cost-1"]), refused, NOW)
     assert halted.action == "rollback" and "halted" in halted.reason
+    behind = [report_of("cost-1", "tip=2", lag=9000), *fleet[1:]]
+    assert "lag grew" in str(deploy.rolling_verdict(rolling(["cost-1"]), behind, NOW).reason)
+    failing = [report_of("cost-1", "tip=2", dead_lettered=40), *fleet[1:]]
+    assert deploy.rolling_verdict(rolling(["cost-1"]), failing, NOW).action == "rollback"
     stale = [{**r, "updated_at": datetime(2026, 12, 1, 11, 0, tzinfo=UTC).isoformat()} for r in fleet]
     assert deploy.rolling_verdict(rolling([]), stale, NOW).action is None, "instances that stopped reporting"
 
