@@ -86,7 +86,11 @@ class PlanBuilder:
 
 
 def follow_control(
-    spec: ServiceSpec, settings: ServiceSettings, control: ControlLog, metrics: ServiceMetrics
+    spec: ServiceSpec,
+    settings: ServiceSettings,
+    control: ControlLog,
+    metrics: ServiceMetrics,
+    report_status: bool = True,
 ) -> tuple[Scorer, HotReloader]:
     """The scorer of the plan the control log (read to its end) asks for, or else of the registry's
     champions, and the hot reloader that follows the log from there."""
@@ -140,6 +144,7 @@ def follow_control(
     )
     if refused_at_start is not None:
         reloader.refused = refused_at_start
+    reloader.report_status = report_status
     reloader.start()
     return scorer, reloader
 

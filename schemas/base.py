@@ -16,12 +16,21 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# The years a ride can happen in. Beyond them a time is a broken clock, and it would break the features too
+# (calendar and time-zone arithmetic overflows near year 1 and 9999: a poison pill for every consumer).
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    utc = value.astimezone(UTC)
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"{utc.isoformat()} is outside {EARLIEST.year}..{LATEST.year - 1}")
+    return utc
 
 
 # Timestamps must carry an offset ("2021-01-01T00:15:56Z"); naive local times are rejected, then normalised
-# to UTC so every consumer compares like with like.
+# to UTC so every consumer compares like with like, and must fall in the years a ride can happen in.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 
 # TLC taxi zones are numbered 1..265 (taxi_zone_lookup.csv); 264/265 are the "Unknown" zones.

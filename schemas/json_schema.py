@@ -7,6 +7,7 @@ file drifts from its model.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from schemas.events import RIDE_EVENT, RideCompleted, RideProgress, RideStarted
 from schemas.predictions import CostPrediction, DurationPrediction, TipPrediction
 
 JSON_SCHEMA_DIR = Path(__file__).parent / "json"
+# The HTTP services' OpenAPI documents (generated from their apps by `ridestream schemas`).
+OPENAPI_DIR = Path(__file__).parent / "openapi"
 
 WIRE_MODELS: dict[str, type[BaseModel]] = {
     "ride_started": RideStarted,
@@ -41,20 +44,25 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
-def write_schemas(out_dir: Path = JSON_SCHEMA_DIR) -> list[Path]:
+def write_schemas(
+    out_dir: Path = JSON_SCHEMA_DIR, documents: Mapping[str, dict[str, Any]] | None = None
+) -> list[Path]:
+    """Write `documents` (default: the contract's JSON Schemas) into `out_dir`, one file per name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, document in schema_documents().items():
+    for name, document in (schema_documents() if documents is None else documents).items():
         path = out_dir / name
         path.write_text(render(document), encoding="utf-8")
         written.append(path)
     return written
 
 
-def drifted_schemas(out_dir: Path = JSON_SCHEMA_DIR) -> list[str]:
+def drifted_schemas(
+    out_dir: Path = JSON_SCHEMA_DIR, documents: Mapping[str, dict[str, Any]] | None = None
+) -> list[str]:
     """Names of schema files that are missing or differ from what the models generate."""
     return [
         name
-        for name, document in schema_documents().items()
+        for name, document in (schema_documents() if documents is None else documents).items()
         if not (out_dir / name).is_file() or (out_dir / name).read_text(encoding="utf-8") != render(document)
     ]

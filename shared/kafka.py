@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "OFFSET_BEGINNING",
+    "OFFSET_END",
     "Consumer",
     "DeliveryCallback",
     "KafkaError",

@@ -215,6 +215,9 @@ class HotReloader:
         for key, value in list(control.state.items()):
             self.cutovers.add(key, value)
         self.status_source: Callable[[], dict[str, Any]] | None = None
+        # Off for followers that are not instances of the service's fleet (the estimate service): the
+        # rollout controller counts every status/<service>/... report as one.
+        self.report_status = True
         self._sample: Sequence[Any] = ()
         self._sampled = threading.Event()
         self._ready: Swap | None = None
@@ -272,7 +275,7 @@ class HotReloader:
                     self.cutovers.add(key, value)
                 if changes and self.relevant(changes):
                     self._prepare_guarded(self.desired())
-                if time.monotonic() - last_status >= STATUS_INTERVAL_S:
+                if self.report_status and time.monotonic() - last_status >= STATUS_INTERVAL_S:
                     self._publish_status()
                     last_status = time.monotonic()
         except Exception:

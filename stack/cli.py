@@ -283,17 +283,19 @@ def produce(
 def schemas(
     check: Annotated[bool, typer.Option(help="exit non-zero when a file differs instead of writing")] = False,
 ) -> None:
-    """Regenerate the JSON Schema files of the wire contract (schemas/json/)."""
+    """Regenerate the JSON Schema files of the wire contract (schemas/json/) and the HTTP services' OpenAPI
+    documents (schemas/openapi/)."""
     from schemas.json_schema import drifted_schemas, write_schemas
+    from stack.openapi import drifted_openapi, write_openapi
 
     if check:
-        drifted = drifted_schemas()
+        drifted = drifted_schemas() + drifted_openapi()
         if drifted:
             raise RidestreamError(
-                f"JSON Schema files out of date: {', '.join(drifted)} (run `ridestream schemas`)"
+                f"schema files out of date: {', '.join(drifted)} (run `ridestream schemas`)"
             )
         return
-    for path in write_schemas():
+    for path in [*map(str, write_schemas()), *write_openapi()]:
         typer.echo(path)
 
 
@@ -423,6 +425,65 @@ class Engine(str, enum.Enum):
     confluent = "confluent"
     faust = "faust"
     faust_batched = "faust-batched"
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8000; 0: any free port)")] = None,
+    models: Annotated[Path | None, typer.Option("--models", help="model registry (default ./models)")] = None,
+    bootstrap_servers: BootstrapOption = None,
+    control_topic: Annotated[str | None, typer.Option(help="the control topic to follow")] = None,
+    follow_control: Annotated[
+        bool | None,
+        typer.Option(
+            "--follow-control/--no-follow-control",
+            help="swap versions as the control topic says (needs Kafka; default on when a broker is known)",
+        ),
+    ] = None,
+) -> None:
+    """The estimate service: POST /v1/estimates gives each ride's duration, tip and total cost over HTTP."""
+    from consumers.estimate.service import EstimateSettings
+    from consumers.estimate.service import serve as serve_estimates
+
+    flags: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "models_dir": models,
+        "control_topic": control_topic,
+        "follow_control": follow_control,
+    }
+    # (flags beat the environment, which model_validate would not read)
+    settings = EstimateSettings(**{k: v for k, v in flags.items() if v is not None})
+    kafka = _kafka_settings(bootstrap_servers)
+    try:
+        kafka.client_config()
+    except ConfigError as exc:
+        if follow_control:
+            raise
+        logging.getLogger(__name__).warning("%s; estimates will not follow the control topic", exc)
+        serve_estimates(settings, None)
+        return
+    serve_estimates(settings, kafka)
+
+
+@app.command("backend")
+def backend_command(
+    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8080; 0: any free port)")] = None,
+    estimate_url: Annotated[
+        str | None, typer.Option(help="the estimate service (default http://127.0.0.1:8000)")
+    ] = None,
+    zones: Annotated[Path | None, typer.Option(help="TLC taxi_zone_lookup.csv, for zone names")] = None,
+    bootstrap_servers: BootstrapOption = None,
+) -> None:
+    """The TaxiApp backend: ride requests, driver updates, predictions streamed to riders, the rider page."""
+    from consumers.backend.service import BackendSettings
+    from consumers.backend.service import serve as serve_backend
+
+    flags: dict[str, Any] = {"host": host, "port": port, "estimate_url": estimate_url, "zones_csv": zones}
+    settings = BackendSettings(**{k: v for k, v in flags.items() if v is not None})
+    serve_backend(settings, _kafka_settings(bootstrap_servers))
 
 
 # The registry's services as the command line's choices (typer takes an Enum; the registry is the one list).

@@ -18,6 +18,12 @@ def test_committed_json_schema_files_match_the_models() -> None:
     assert drifted_schemas() == [], "run `ridestream schemas` and commit schemas/json/"
 
 
+def test_committed_openapi_documents_match_the_apps() -> None:
+    from stack.openapi import drifted_openapi
+
+    assert drifted_openapi() == [], "run `ridestream schemas` and commit schemas/openapi/"
+
+
 @pytest.mark.parametrize(
     "event", [ride_started(), ride_progress(), ride_completed()], ids=lambda e: e.event_type
 )
@@ -52,6 +58,14 @@ def test_timestamps_are_normalised_to_utc() -> None:
 def test_ride_started_refuses_nonsense_with_an_actionable_message(overrides: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ride_started(**overrides)
+
+
+def test_times_outside_the_years_a_ride_can_happen_in_are_dead_lettered_not_scored() -> None:
+    """Year 1 once crashed the features' time-zone arithmetic (found by schemathesis through the backend)."""
+    for year in (b"0001", b"9999"):
+        payload = encode(ride_started()).replace(b'"2021-', b'"' + year + b"-")
+        rejected = decode_event(payload)
+        assert rejected.reason == "schema_violation" and "outside 1970..2099" in rejected.detail, payload
 
 
 def test_naive_timestamps_are_refused() -> None:
