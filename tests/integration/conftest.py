@@ -27,9 +27,10 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return models_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def registry_with_challengers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cost v1 the champion, v2 another training run, v3 fit on shuffled targets (worthless)."""
+    """cost v1 the champion, v2 another training run, v3 fit on shuffled targets (worthless). Trained once
+    per session: each test that moves an alias puts cost's champion back to v1 first."""
     from consumers.training import train_models
     from producer.synthetic import synthesize_trips
 

@@ -34,6 +34,7 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_without_a_person(
     tmp_path: Path,
 ) -> None:
     registry = ModelRegistry(registry_with_challengers)
+    registry.set_alias("cost", CHAMPION, "1")
     artifact = {n: registry.describe(registry.version_of("cost", None, n)).artifact_version for n in "123"}
     rides, output = topic_factory("rides"), topic_factory("predictions-cost")
     group = f"test-cost-{uuid.uuid4().hex[:6]}"

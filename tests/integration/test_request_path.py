@@ -5,6 +5,7 @@ corrections come back on the ride's Server-Sent Events stream, in order."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -173,3 +174,44 @@ def test_no_generated_request_to_the_backend_gets_a_5xx(request_path: RequestPat
     # (the update stream of a ride schemathesis created never ends by itself: the e2e test reads it)
     found = generated_requests(request_path.backend.url, 30, "--exclude-path-regex", "/updates$")
     assert found.returncode == 0, found.stdout[-4000:]
+
+
+def chromium() -> str:
+    """Debian's chromium (.ci/run installs it); the test is skipped, saying why, where it is absent."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
+
+
+def test_a_rider_requests_a_ride_on_the_page_and_watches_its_arrival_time_change(
+    request_path: RequestPath,
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    api = request_path.backend.url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(api)
+            expect(page.locator("#pickup option")).not_to_have_count(0)
+            page.select_option("#dropoff", "132")
+            page.fill("#distance", "3.2")
+            page.click("#request")
+            expect(page.locator("#estimate")).to_be_visible(timeout=10_000)
+            ride_id = page.locator("#ride-id").inner_text()
+            initial = float(page.locator("#estimate-duration").inner_text())
+            assert initial > 0 and page.locator("#duration").inner_text() == f"{initial:.1f}"
+
+            update = {"elapsed_seconds": 300.0, "distance_covered_miles": 1.0}
+            assert (
+                httpx.post(f"{api}/v1/rides/{ride_id}/progress", json=update, timeout=10).status_code == 202
+            )
+            expect(page.locator("#updates")).to_have_text("1", timeout=WAIT_S * 1000)
+            expect(page.locator("#status")).to_have_text("on the way")
+            remaining = float(page.locator("#duration").inner_text())
+            assert remaining != initial, "the arrival time follows the correction"
+        finally:
+            browser.close()
