@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint run test test-all test-docker docker-up docker-down faults bench bench-producer schemas broker-jars clean
+.PHONY: install lint run test test-all test-docker docker-up docker-down faults bench bench-producer bench-web schemas broker-jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ bench: broker-jars
 
 bench-producer: broker-jars
 	$(BIN)/python -m bench.producer $(ARGS)
+
+# The estimate service under open-loop load (fixed-rate sends, latency from the scheduled send time), one
+# worker, single-ride and 100-ride requests, against the in-process predict: writes results/web.{json,md}.
+bench-web: install
+	$(BIN)/python -m bench.web $(ARGS)
 
 schemas: install
 	$(BIN)/ridestream schemas

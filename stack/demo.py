@@ -27,7 +27,14 @@ from shared.control import ControlLog
 from shared.errors import RidestreamError
 from shared.kafka import ensure_topic
 from shared.settings import KafkaSettings
-from stack.fleet import running_fleet, wait_ready
+from stack.fleet import (
+    ServiceProcess,
+    port_or_free,
+    running_fleet,
+    start_http_service,
+    stop_service,
+    wait_ready,
+)
 from stack.live_view import FleetView, FleetWatcher
 
 # Seconds without a new prediction, once the producer is done, after which the demo stops waiting.
@@ -52,6 +59,9 @@ class DemoOptions:
 
 
 SWITCHED_MODEL = "tip"
+# The request path's documented ports, taken when free.
+ESTIMATE_PORT, BACKEND_PORT = 8000, 8080
+ZONE_LOOKUP = "taxi_zone_lookup.csv"
 EVALUATOR_ENV = {"PUBLISH_INTERVAL_S": "1"}
 
 
@@ -221,6 +231,37 @@ class LiveRollout:
 DEMO_CANARY_STEPS = [0.25, 0.5, 1.0]
 
 
+def zone_lookup(options: DemoOptions) -> Path | None:
+    """The TLC zone names, beside the data files or in ../shared/data, when there."""
+    for folder in [*(path.parent for path in options.data), Path("../shared/data")]:
+        if (folder / ZONE_LOOKUP).is_file():
+            return folder / ZONE_LOOKUP
+    return None
+
+
+def start_request_path(
+    stack: ExitStack, options: DemoOptions, bootstrap: str, log_dir: Path
+) -> list[ServiceProcess]:
+    """The estimate service and the backend, beside the fleet (docs/http.md)."""
+    estimate_port, backend_port = port_or_free(ESTIMATE_PORT), port_or_free(BACKEND_PORT)
+    zones = zone_lookup(options)
+    backend = ["backend", "--estimate-url", f"http://127.0.0.1:{estimate_port}"]
+    web = [
+        start_http_service(
+            "estimate", ["serve", "--models", str(options.models_dir)], estimate_port, bootstrap, log_dir
+        ),
+        start_http_service(
+            "backend",
+            [*backend, *(["--zones", str(zones)] if zones else [])],
+            backend_port,
+            bootstrap,
+            log_dir,
+        ),
+    ]
+    stack.callback(lambda: [stop_service(service) for service in web])
+    return web
+
+
 def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
     """Run the whole fleet once; True when every expected prediction was seen."""
     console = console or Console()
@@ -243,10 +284,16 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
         fleet = stack.enter_context(
             running_fleet(counts, bootstrap, options.models_dir, log_dir, {EVALUATOR: EVALUATOR_ENV})
         )
-        with console.status(f"starting {len(fleet)} service processes…"):
-            wait_ready(fleet)
+        web = start_request_path(stack, options, bootstrap, log_dir)
+        with console.status(f"starting {len(fleet) + len(web)} service processes…"):
+            wait_ready([*fleet, *web])
         console.print(
             "fleet: " + ", ".join(f"{i.name} (pid {i.process.pid}, metrics :{i.metrics_port})" for i in fleet)
+        )
+        estimate, backend = web
+        console.print(
+            f"rider page: http://127.0.0.1:{backend.metrics_port}/   estimate service: "
+            f"http://127.0.0.1:{estimate.metrics_port}/docs   (both up while the demo runs)"
         )
         watcher = FleetWatcher(client_config)
         watcher.view.labels = version_labels(options.models_dir)
@@ -293,7 +340,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
                         done = all(watcher.view.services[s].predictions >= n for s, n in expected.items())
                         if done or time.monotonic() - last_change > SETTLE_TIMEOUT_S:
                             break
-                    for instance in fleet:
+                    for instance in [*fleet, *web]:
                         if instance.process.poll() is not None:
                             raise RidestreamError(f"{instance.name} exited:\n{instance.log_tail()}")
             except KeyboardInterrupt:

@@ -52,6 +52,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_or_free(preferred: int) -> int:
+    """`preferred` when nothing listens there (the documented default), else any free port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def start_http_service(
+    name: str, command: list[str], port: int, bootstrap: str, log_dir: Path
+) -> ServiceProcess:
+    """`ridestream serve` or `ridestream backend` as a process on `port` (its /readyz is where wait_ready
+    looks, like a scoring service's metrics port)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stack.cli", *command, "--port", str(port), "-b", bootstrap],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return ServiceProcess(name, 1, process, port, log_path)
+
+
 def service_environment(
     service: str, instance: int, bootstrap: str, models_dir: Path, metrics_port: int, extra: Mapping[str, str]
 ) -> dict[str, str]:

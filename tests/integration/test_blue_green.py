@@ -28,7 +28,7 @@ from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
 from tests.integration.rollouts import deploy_options, rollout, wait_until_over
 from tests.integration.topics import drain, ridestream
 
-RIDES = 5000
+RIDES = 4000
 RATE = 1500.0
 WAIT_S = 90.0
 # the deployment each test instance number belongs to

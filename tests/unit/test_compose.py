@@ -10,6 +10,8 @@ import typer.main
 import yaml
 from pydantic_settings import BaseSettings
 
+from consumers.backend.service import BackendSettings
+from consumers.estimate.service import EstimateSettings
 from consumers.evaluator.service import EvaluatorSettings
 from consumers.registry import SERVICES
 from producer.settings import ProducerSettings
@@ -26,6 +28,8 @@ SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "KAFKA_": KafkaSettings,
     "PRODUCER_": ProducerSettings,
     "EVALUATOR_": EvaluatorSettings,
+    "ESTIMATE_": EstimateSettings,
+    "BACKEND_": BackendSettings,
     **{spec.env_prefix: spec.settings_class for spec in SERVICES},
 }
 
@@ -48,7 +52,7 @@ def cli_commands() -> set[str]:
 def test_compose_runs_kafka_in_kraft_mode_and_every_ridestream_process() -> None:
     assert COMPOSE["services"]["kafka"]["image"].startswith("apache/kafka:4")
     assert COMPOSE["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert {"producer", "duration", "tip", "cost"} <= set(OURS)
+    assert {"producer", "duration", "tip", "cost", "estimate", "backend"} <= set(OURS)
     assert COMPOSE["services"]["duration"]["deploy"]["replicas"] >= 1
 
 

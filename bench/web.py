@@ -1,0 +1,234 @@
+"""The estimate service under open-loop load: `make bench-web` (python -m bench.web).
+
+    python -m bench.web [--models DIR] [--rates 100,500,1000] [--seconds 8] [--out results/web.json]
+
+One uvicorn worker (`ridestream serve`, a process of its own) is sent requests on a fixed schedule by a load
+generator in this process (httpx on asyncio). Each request's latency is measured from the time it was
+*scheduled* to be sent, not from when it went out: a server that falls behind is charged the queueing it
+causes (a closed loop, waiting for each answer before the next send, would hide it: coordinated omission).
+
+For single-ride and 100-ride requests it reports p50/p99 at each rate, the highest rate tried whose p99 stays
+under 50 ms, and, as the ceiling, the rides per second of the same scoring in process (no HTTP). With
+`wrk` installed (Debian's package) it also measures the closed-loop maximum, the one thing a closed loop is
+good for. Results: results/web.json and results/web.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from consumers.estimate.estimates import estimate, started_events
+from consumers.registry import service_spec
+from schemas.http import RideRequest
+from stack.fleet import free_port
+
+P99_LIMIT_MS = 50.0
+SEARCH_RATES = (100, 250, 500, 750, 1000, 1500, 2000, 3000)
+
+
+def ride(n: int) -> dict[str, Any]:
+    return {
+        "pickup_zone": 1 + (n * 37) % 263,
+        "dropoff_zone": 1 + (n * 11) % 263,
+        "pickup_time": "2026-12-01T08:30:00+00:00",
+        "trip_distance_miles": round(0.5 + (n % 40) * 0.3, 2),
+        "payment_type": 1 + n % 2,
+    }
+
+
+def body_of(size: int, n: int) -> Any:
+    return ride(n) if size == 1 else [ride(n * size + i) for i in range(size)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def open_loop(url: str, size: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Send `rate` requests/s for `seconds`, each at its scheduled instant; latency from that instant."""
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        start = time.perf_counter() + 0.2
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            scheduled = start + i / rate
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            try:
+                answer = await client.post(url, json=body_of(size, i))
+                if answer.status_code != 200:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+
+        await asyncio.gather(*(one(i) for i in range(total)))
+    return {
+        "rate": rate,
+        "requests": total,
+        "errors": errors,
+        "p50_ms": round(percentile(latencies, 0.50), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "rides_per_s": rate * size,
+    }
+
+
+def in_process_ceiling(models: Path, size: int, seconds: float = 3.0) -> float:
+    """Rides per second of the same scoring called directly: what HTTP and serialization cost is judged
+    against."""
+    scorers = {name: service_spec(name).load_scorer(models) for name in ("duration", "tip", "cost")}
+    requests = [RideRequest.model_validate(ride(n)) for n in range(size)]
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        result = estimate(started_events(requests), scorers, datetime.now(UTC))
+        assert isinstance(result, list)
+        done += size
+    return done / (time.perf_counter() - started)
+
+
+def wrk_maximum(url: str, size: int, seconds: float) -> float | None:
+    """Closed-loop requests/s with wrk (2 threads, 32 connections), when wrk is installed."""
+    if shutil.which("wrk") is None:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(json.dumps(body_of(size, 7)))}\n"
+        )
+    done = subprocess.run(
+        ["wrk", "-t2", "-c32", f"-d{int(seconds)}s", "-s", script.name, url],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    line = next((x for x in done.stdout.splitlines() if x.startswith("Requests/sec:")), None)
+    return float(line.split()[1]) if line else None
+
+
+def start_server(models: Path, port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stack.cli", "serve", "--models", str(models), "--port", str(port),
+         "--no-follow-control"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the estimate service did not start")
+        time.sleep(0.2)
+
+
+def run(models: Path, rates: list[float], seconds: float) -> dict[str, Any]:
+    port = free_port()
+    server = start_server(models, port)
+    url = f"http://127.0.0.1:{port}/v1/estimates"
+    results: dict[str, Any] = {"p99_limit_ms": P99_LIMIT_MS, "seconds_per_rate": seconds, "shapes": {}}
+    try:
+        for size in (1, 100):
+            asyncio.run(open_loop(url, size, 50, 1.0))  # warm-up: connections, first predicts
+            shape: dict[str, Any] = {"rides_per_request": size, "rates": []}
+            chosen = rates if size == 1 else [r / 10 for r in rates]
+            for rate in chosen:
+                row = asyncio.run(open_loop(url, size, rate, seconds))
+                shape["rates"].append(row)
+                print(
+                    f"{size:>3} rides/request at {rate:>6.0f}/s: p50 {row['p50_ms']}, p99 {row['p99_ms']} ms"
+                )
+            best = None
+            for rate in SEARCH_RATES if size == 1 else [r / 10 for r in SEARCH_RATES]:
+                row = asyncio.run(open_loop(url, size, rate, seconds))
+                if row["p99_ms"] > P99_LIMIT_MS or row["errors"]:
+                    break
+                best = row
+            shape["highest_rate_p99_under_limit"] = best
+            shape["closed_loop_max_requests_per_s"] = wrk_maximum(url, size, seconds)
+            shape["in_process_rides_per_s"] = round(in_process_ceiling(models, size), 1)
+            if best is not None:
+                shape["http_share_of_ceiling"] = round(
+                    best["rides_per_s"] / shape["in_process_rides_per_s"], 3
+                )
+            results["shapes"][str(size)] = shape
+    finally:
+        server.terminate()
+        server.wait(30)
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# Estimate service under open-loop load (bench/web.py)",
+        "",
+        "One uvicorn worker; latency from each request's scheduled send time; "
+        f"{results['seconds_per_rate']} s per rate. 100-ride requests at a tenth of the single-ride rates. "
+        "Written by `make bench-web`.",
+        "",
+        "| rides/request | rate (req/s) | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for size, shape in results["shapes"].items():
+        for row in shape["rates"]:
+            lines.append(
+                f"| {size} | {row['rate']:.0f} | {row['p50_ms']} | {row['p99_ms']} | {row['errors']} |"
+            )
+    lines += [
+        "",
+        "| rides/request | best rate, p99 < 50 ms | rides/s | in-process rides/s | share | wrk max req/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size, shape in results["shapes"].items():
+        best = shape["highest_rate_p99_under_limit"] or {}
+        lines.append(
+            f"| {size} | {best.get('rate', 'none')} | {best.get('rides_per_s', '-')} | "
+            f"{shape['in_process_rides_per_s']} | {shape.get('http_share_of_ceiling', '-')} | "
+            f"{shape['closed_loop_max_requests_per_s'] or 'wrk not installed'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", type=Path, default=None, help="a registry (default: trained here)")
+    parser.add_argument("--rates", default="100,500,1000", help="requests/s of single-ride requests")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=Path("results/web.json"))
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-web-") as scratch:
+        models = args.models
+        if models is None:
+            from consumers.training import train_models
+            from producer.synthetic import synthesize_trips
+
+            models = Path(scratch) / "models"
+            train_models(synthesize_trips(20_000, seed=3).trips, models)
+        results = run(models, rates, args.seconds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
