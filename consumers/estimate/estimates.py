@@ -55,25 +55,28 @@ def started_events(requests: Sequence[RideRequest]) -> list[RideStarted]:
 
 def estimate(
     events: Sequence[RideStarted], scorers: Mapping[str, Scorer], produced_at: datetime
-) -> list[Estimate] | Unscoreable:
-    """One vectorized score per service over all the rides; the first ride a model could not score, if any."""
-    figures: dict[str, list[Figure]] = {}
+) -> list[Estimate | Unscoreable]:
+    """One vectorized score per service over all the rides (of one request, or of many batched together);
+    per ride its estimate, or why a model could not score it."""
+    figures: dict[str, dict[str, Figure]] = {}
+    refused: dict[int, Unscoreable] = {}
     for figure, (service, field) in FIGURES.items():
         result = scorers[service].score(events, produced_at)
-        if result.failures:
-            position, reason = result.failures[0]
-            return Unscoreable(position, service, reason)
-        bodies = {body["source_event_id"]: body for body in (json.loads(p.value) for p in result.predictions)}
-        figures[figure] = [
-            Figure(value=b[field], model_name=b["model_name"], model_version=b["model_version"])
-            for b in (bodies[event.event_id] for event in events)
-        ]
+        for position, reason in result.failures:
+            refused.setdefault(position, Unscoreable(position, service, reason))
+        figures[figure] = {
+            body["source_event_id"]: Figure(
+                value=body[field], model_name=body["model_name"], model_version=body["model_version"]
+            )
+            for body in (json.loads(p.value) for p in result.predictions)
+        }
     return [
-        Estimate(
+        refused.get(i)
+        or Estimate(
             ride_id=event.ride_id,
-            duration_minutes=figures["duration_minutes"][i],
-            tip_usd=figures["tip_usd"][i],
-            total_usd=figures["total_usd"][i],
+            duration_minutes=figures["duration_minutes"][event.event_id],
+            tip_usd=figures["tip_usd"][event.event_id],
+            total_usd=figures["total_usd"][event.event_id],
         )
         for i, event in enumerate(events)
     ]

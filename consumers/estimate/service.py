@@ -7,8 +7,9 @@ topic like the streaming services (a moved alias is swapped in without a restart
     GET  /readyz         models loaded: 200 with the versions served, else 503
     GET  /metrics        requests by route and status, latency histogram, the versions served
 
-Scoring is CPU work: the route is a plain function, which FastAPI runs on its thread pool, so the event loop
-keeps accepting connections while a batch is predicted.
+Scoring is CPU work, done on a worker thread so the event loop keeps accepting connections, and the rides of
+requests that arrive together are scored together: one predict per model for all of them
+(consumers/estimate/batching.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,10 +40,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from consumers.estimate.batching import Batcher, Outcome
 from consumers.estimate.estimates import SERVICES, Unscoreable, estimate, started_events
 from consumers.registry import service_spec
 from consumers.serve import follow_control
-from schemas.http import EstimateResponse, Problem, RideRequest, RideRequests
+from schemas.events import RideStarted
+from schemas.http import Estimate, EstimateResponse, Problem, RideRequest, RideRequests
 from schemas.topics import CONTROL_TOPIC
 from shared.control import ControlLog
 from shared.errors import RidestreamError
@@ -184,13 +187,27 @@ def create_app(load: Callable[[WebMetrics], Models]) -> FastAPI:
     """The app; `load` makes its models at startup (the lifespan) and the shutdown stops their followers."""
     metrics = WebMetrics()
     state: dict[str, Models] = {}
+    batchers: list[Batcher] = []
+
+    def score(events: Sequence[RideStarted]) -> list[Outcome]:
+        """On the batcher's worker thread: the versions current now, then the rides' warm-up offer."""
+        models = state["models"]
+        outcomes = estimate(events, models.current(), datetime.now(UTC))
+        models.offer(list(events))
+        return outcomes
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # (loading is CPU and I/O at startup, before any request: done here, once)
         state["models"] = load(metrics)
+        batcher = Batcher(score)
+        batcher.start()
+        batchers.append(batcher)
         try:
             yield
         finally:
+            await batcher.stop()
+            batchers.clear()
             state.pop("models").close()
 
     app = FastAPI(
@@ -220,20 +237,20 @@ def create_app(load: Callable[[WebMetrics], Models]) -> FastAPI:
         response_model=EstimateResponse,
         responses={422: {"model": Problem}, 503: {"model": Problem}},
     )
-    def estimates(body: RideRequest | RideRequests) -> EstimateResponse:
+    async def estimates(body: RideRequest | RideRequests) -> EstimateResponse:
         """The initial estimate of each ride, in the order asked."""
-        models = state.get("models")
-        if models is None:
+        if not batchers:
             raise HTTPException(503, "models are not loaded yet")
         requests = body if isinstance(body, list) else [body]
-        events = started_events(requests)
-        result = estimate(events, models.current(), datetime.now(UTC))
-        if isinstance(result, Unscoreable):
-            where = f"body.{result.position}" if isinstance(body, list) else "body"
-            raise HTTPException(422, f"{where}: the {result.service} model cannot score it ({result.reason})")
-        models.offer(events)
-        metrics.rides.inc(len(result))
-        return EstimateResponse(estimates=result)
+        outcomes = await batchers[0].estimate(started_events(requests))
+        for position, outcome in enumerate(outcomes):
+            if isinstance(outcome, Unscoreable):
+                where = f"body.{position}" if isinstance(body, list) else "body"
+                raise HTTPException(
+                    422, f"{where}: the {outcome.service} model cannot score it ({outcome.reason})"
+                )
+        metrics.rides.inc(len(outcomes))
+        return EstimateResponse(estimates=[o for o in outcomes if isinstance(o, Estimate)])
 
     @app.exception_handler(StarletteHTTPException)
     async def refused(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
