@@ -145,6 +145,21 @@ def status_document(state: RolloutState, fleet: deploy.FleetState) -> dict[str, 
     }
 
 
+def rollout_of(
+    service: str,
+    config: dict[str, str],
+    control_topic: str,
+    evaluations_topic: str,
+    evaluator_group: str,
+) -> tuple[deploy.FleetState, RolloutState]:
+    """The fleet as the control log and the evaluations say, and `service`'s rollout in it."""
+    fleet = deploy.read_fleet_state(config, control_topic, evaluations_topic, evaluator_group)
+    state = fleet.rollouts.get(service)
+    if state is None:
+        raise ConfigError(f"no rollout of {service} on {control_topic}")
+    return fleet, state
+
+
 @deploy_app.command("status")
 def status(
     service: Annotated[str | None, typer.Argument(help="one service (default: all)")] = None,
@@ -208,10 +223,7 @@ def report(
     """The evidence: each version's error since the rollout started, with 95% intervals, and a winner only
     when the difference is significant."""
     config = client_config(bootstrap_servers)
-    fleet = deploy.read_fleet_state(config, control_topic, evaluations_topic, evaluator_group)
-    state = fleet.rollouts.get(service)
-    if state is None:
-        raise ConfigError(f"no rollout of {service} on {control_topic}")
+    fleet, state = rollout_of(service, config, control_topic, evaluations_topic, evaluator_group)
     document = deploy.report(state, fleet.figures, alpha)
     if as_json:
         typer.echo(json.dumps(document, indent=2))
@@ -236,10 +248,7 @@ def conclude_command(
 ) -> None:
     """A person's decision, recorded with the evidence at that moment (the report)."""
     config = client_config(bootstrap_servers)
-    fleet = deploy.read_fleet_state(config, control_topic, evaluations_topic, evaluator_group)
-    state = fleet.rollouts.get(service)
-    if state is None:
-        raise ConfigError(f"no rollout of {service} on {control_topic}")
+    fleet, state = rollout_of(service, config, control_topic, evaluations_topic, evaluator_group)
     if action == "promote" and state.strategy == "blue-green":
         deploy.require_deployment(state, fleet.statuses.get(service, []))
     evidence = deploy.report(state, fleet.figures)["models"]
@@ -275,10 +284,7 @@ def switch(
 ) -> None:
     """blue/green: hand users to the challenger's deployment now, without waiting for its gate."""
     config = client_config(bootstrap_servers)
-    fleet = deploy.read_fleet_state(config, control_topic, evaluations_topic, evaluator_group)
-    state = fleet.rollouts.get(service)
-    if state is None:
-        raise ConfigError(f"no rollout of {service} on {control_topic}")
+    fleet, state = rollout_of(service, config, control_topic, evaluations_topic, evaluator_group)
     evidence = deploy.report(state, fleet.figures)["models"]
     after = deploy.switched_by_hand(state, fleet, f"switch by {operator()}", evidence)
     deploy.publish_rollout(config, after, control_topic)

@@ -9,7 +9,8 @@ from schemas.json_schema import OPENAPI_DIR, drifted_schemas, write_schemas
 
 
 def openapi_documents() -> dict[str, dict[str, Any]]:
-    from consumers.estimate.service import Models, WebMetrics, create_app
+    from consumers.estimate.service import Models, create_app
+    from consumers.web import WebMetrics
 
     def not_loaded(_metrics: WebMetrics) -> Models:
         raise AssertionError("the document is generated without starting the app")

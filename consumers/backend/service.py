@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,12 +32,9 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import FastAPI, Header, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consumers.backend.rides import (
     Bounded,
@@ -50,7 +46,7 @@ from consumers.backend.rides import (
 )
 from consumers.backend.streams import PredictionFeed, Publisher
 from consumers.estimate.estimates import started_event
-from consumers.estimate.service import WebMetrics, problem, validation_detail
+from consumers.web import WebMetrics, instrument, problem
 from schemas.events import RideStarted
 from schemas.http import Accepted, Completion, EstimateResponse, Problem, Progress, RideCreated, RideRequest
 from schemas.topics import RIDE_EVENTS_TOPIC, prediction_topic
@@ -138,22 +134,7 @@ def create_app(settings: BackendSettings, connect: Callable[[], Parts]) -> FastA
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        path = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return problem(422, validation_detail(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def refused(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail))
+    instrument(app, metrics)
 
     def parts() -> Parts:
         found = state.get("parts")
@@ -308,10 +289,6 @@ def create_app(settings: BackendSettings, connect: Callable[[], Parts]) -> FastA
         if found is None or not found.feed.assigned.is_set():
             return problem(503, "not connected to the prediction topics yet")
         return JSONResponse({"detail": "ready"})
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics_page() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -17,33 +17,23 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException
 from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consumers.estimate.batching import Batcher, Outcome
 from consumers.estimate.estimates import SERVICES, Unscoreable, estimate, started_events
 from consumers.registry import service_spec
 from consumers.serve import follow_control
+from consumers.web import WebMetrics, instrument, problem
 from schemas.events import RideStarted
 from schemas.http import Estimate, EstimateResponse, Problem, RideRequest, RideRequests
 from schemas.topics import CONTROL_TOPIC
@@ -75,26 +65,6 @@ class EstimateSettings(BaseSettings):
         default=True, description="follow the control topic (needs Kafka); off: the registry's champions"
     )
     instance_name: str = Field(default_factory=lambda: f"estimate-{socket.gethostname()}", min_length=1)
-
-
-class WebMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "ridestream_http_requests", "HTTP requests answered", ["route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "ridestream_http_request_seconds",
-            "Time from request to response",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.rides = Counter("ridestream_estimated_rides", "Rides estimated", registry=self.registry)
-        self.model_info = Gauge(
-            "ridestream_model_info", "The model version served (1)", ["service", "model", "version"],
-            registry=self.registry,
-        )  # fmt: skip
 
 
 class Models:
@@ -164,25 +134,6 @@ def load_models(settings: EstimateSettings, kafka: KafkaSettings | None, metrics
     return Models(scorers, reloaders, metrics)
 
 
-def problem(status: int, detail: str) -> JSONResponse:
-    return JSONResponse(Problem(detail=detail).model_dump(), status_code=status)
-
-
-def validation_detail(exc: RequestValidationError) -> str:
-    """`body.0.pickup_zone: Input should be less than or equal to 265; ...`: each field and its rule. Of a
-    union body (one ride or a list), only the branch of the JSON sent is reported, under plain positions."""
-    branch = "list[" if isinstance(exc.body, list) else "RideRequest"
-    parts = []
-    for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ())]
-        if len(loc) > 1 and loc[0] == "body" and loc[1].startswith(("list[", "RideRequest")):
-            if not loc[1].startswith(branch):
-                continue
-            loc = [loc[0], *loc[2:]]
-        parts.append(f"{'.'.join(loc)}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
 def create_app(load: Callable[[WebMetrics], Models]) -> FastAPI:
     """The app; `load` makes its models at startup (the lifespan) and the shutdown stops their followers."""
     metrics = WebMetrics()
@@ -218,19 +169,7 @@ def create_app(load: Callable[[WebMetrics], Models]) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return problem(422, validation_detail(exc))
+    instrument(app, metrics)
 
     @app.post(
         "/v1/estimates",
@@ -252,10 +191,6 @@ def create_app(load: Callable[[WebMetrics], Models]) -> FastAPI:
         metrics.rides.inc(len(outcomes))
         return EstimateResponse(estimates=[o for o in outcomes if isinstance(o, Estimate)])
 
-    @app.exception_handler(StarletteHTTPException)
-    async def refused(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail))
-
     @app.get("/healthz", responses={200: {"model": Problem}})
     async def healthz() -> JSONResponse:
         return JSONResponse({"detail": "ok"})
@@ -266,10 +201,6 @@ def create_app(load: Callable[[WebMetrics], Models]) -> FastAPI:
         if models is None:
             return problem(503, "models are not loaded yet")
         return JSONResponse(jsonable_encoder({"detail": "ready", "model_versions": models.versions()}))
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics_page() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -104,6 +104,8 @@ def test_live_figures_equal_the_offline_errors_of_a_tlc_month_through_a_kill_and
         "EVALUATIONS_TOPIC": evaluations,
         "GROUP_ID": group,
         "PUBLISH_INTERVAL_S": "1",
+        # the killed instance's partitions move to its restart after 10 s, not the default 45
+        "SESSION_TIMEOUT_S": "10",
     }
     client = {"bootstrap.servers": kafka_bootstrap}
 
