@@ -156,8 +156,14 @@ def create_app(settings: BackendSettings, connect: Callable[[], Parts]) -> FastA
 
     async def estimate_of(request: RideRequest) -> EstimateResponse:
         url = f"{settings.estimate_url.rstrip('/')}/v1/estimates"
+        body = request.model_dump(mode="json")
         try:
-            answer = await parts().client.post(url, json=request.model_dump(mode="json"))
+            try:
+                answer = await parts().client.post(url, json=body)
+            except httpx.TransportError:
+                # A kept-alive connection the server closed just then: estimates have no side effects, so
+                # one retry on a fresh connection is safe.
+                answer = await parts().client.post(url, json=body)
         except httpx.HTTPError as exc:
             raise HTTPException(
                 503, f"the estimate service did not answer ({exc.__class__.__name__})"
@@ -300,7 +306,8 @@ def connect(settings: BackendSettings, kafka: KafkaSettings) -> Parts:
     return Parts(
         Publisher(client_config, settings.input_topic),
         feed,
-        httpx.AsyncClient(timeout=settings.estimate_timeout_s),
+        # Idle connections dropped before the server's keep-alive timeout (uvicorn's 5 s) can race a request.
+        httpx.AsyncClient(timeout=settings.estimate_timeout_s, limits=httpx.Limits(keepalive_expiry=2.0)),
     )
 
 
