@@ -27,6 +27,7 @@ from pydantic import TypeAdapter
 from pydantic_core import to_json
 from threadpoolctl import ThreadpoolController
 
+from consumers.compiled import CompiledBooster
 from consumers.features import StartColumns, start_columns_from_events, start_features
 from schemas.base import SCHEMA_VERSION
 from schemas.events import RideCompleted, RideProgress, RideStarted
@@ -138,6 +139,8 @@ def predict_rows(model: Predictor, features: np.ndarray) -> np.ndarray:
     """One vectorized predict; an empty batch never reaches the model (scikit-learn refuses 0 rows)."""
     if len(features) == 0:
         return np.empty(0, dtype=np.float64)
+    if isinstance(model, CompiledBooster):  # one thread by construction; limiting OpenMP costs ~50 µs
+        return model.predict(features)
     with openmp_threads():
         return np.asarray(model.predict(features), dtype=np.float64).reshape(-1)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from consumers.compiled import load_compiled_model
 from consumers.features import (
     PROGRESS_FEATURES,
     START_FEATURES,
@@ -36,7 +37,6 @@ from consumers.scoring import (
 )
 from schemas.events import RideProgress, RideStarted
 from schemas.predictions import DurationPrediction
-from shared.registry import load_serving_model
 
 START_MODEL = "duration"
 PROGRESS_MODEL = "dynamic_duration"
@@ -106,6 +106,6 @@ class TripDurationScorer:
 def load_scorer(models_dir: Path, versions: Mapping[str, str] | None = None) -> TripDurationScorer:
     """The champions, or the registry versions `versions` names."""
     pinned = versions or {}
-    start = load_serving_model(models_dir, START_MODEL, START_FEATURES, pinned.get(START_MODEL))
-    progress = load_serving_model(models_dir, PROGRESS_MODEL, PROGRESS_FEATURES, pinned.get(PROGRESS_MODEL))
+    start = load_compiled_model(models_dir, START_MODEL, START_FEATURES, pinned.get(START_MODEL))
+    progress = load_compiled_model(models_dir, PROGRESS_MODEL, PROGRESS_FEATURES, pinned.get(PROGRESS_MODEL))
     return TripDurationScorer(start.model, start.version, progress.model, progress.version)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from consumers.compiled import load_compiled_model
 from consumers.features import START_FEATURES, StartColumns
 from consumers.scoring import Predictor, StartScorer, tip_where_recorded
 from schemas.predictions import TipPrediction
-from shared.registry import load_serving_model
 
 MODEL_NAME = "tip"
 
@@ -27,5 +27,5 @@ def tip_scorer(model: Predictor, model_version: str) -> StartScorer:
 
 def load_scorer(models_dir: Path, versions: Mapping[str, str] | None = None) -> StartScorer:
     """The champion, or the registry version `versions` names."""
-    loaded = load_serving_model(models_dir, MODEL_NAME, START_FEATURES, (versions or {}).get(MODEL_NAME))
+    loaded = load_compiled_model(models_dir, MODEL_NAME, START_FEATURES, (versions or {}).get(MODEL_NAME))
     return tip_scorer(loaded.model, loaded.version)

@@ -1,0 +1,140 @@
+"""The compiled predictor against scikit-learn: the same float64 for every row, bit for bit, on every model.
+
+Rows come from real TLC rides (when ../shared/data has them), from the synthetic generator, and from
+hypothesis: NaN and infinities in any column, zones never seen in training, negative and huge values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import LinearRegression
+
+from consumers.compiled import PREDICTOR_ENV, CompiledBooster, compile_model, ordinal_codes
+from consumers.cost.scorer import load_scorer as load_cost
+from consumers.duration.scorer import load_scorer as load_duration
+from consumers.features import start_columns_from_trips, start_features
+from consumers.scoring import openmp_threads
+from consumers.training import progress_matrix, sample_progress, train_models
+from producer.synthetic import synthesize_trips
+from producer.trips import read_trips
+from shared.errors import ConfigError
+from shared.models import MODEL_NAMES, artifact_path
+
+TLC_MONTH = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "green_tripdata_2021-02.parquet"
+SERVED = tuple(name for name in MODEL_NAMES if name != "baseline")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("compiled-models")
+    train_models(synthesize_trips(6000, seed=5).trips, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def pipelines(models_dir: Path) -> dict[str, object]:
+    return {name: joblib.load(artifact_path(models_dir, name)) for name in SERVED}
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, np.ndarray]:
+    """Start and progress feature rows of real rides when the TLC month is there, else of synthetic ones."""
+    trips = read_trips(TLC_MONTH).trips if TLC_MONTH.is_file() else synthesize_trips(20_000, seed=9).trips
+    progress = progress_matrix(trips, sample_progress(trips, per_ride=2, seed=3))
+    return {"start": start_features(start_columns_from_trips(trips)), "progress": progress}
+
+
+def sklearn_predict(model: object, X: np.ndarray) -> np.ndarray:
+    with openmp_threads():
+        return np.asarray(model.predict(X), dtype=np.float64)  # type: ignore[attr-defined]
+
+
+def feature_rows(name: str, rows: dict[str, np.ndarray]) -> np.ndarray:
+    return rows["progress"] if name == "dynamic_duration" else rows["start"]
+
+
+@pytest.mark.parametrize("name", SERVED)
+def test_every_served_model_predicts_scikit_learns_numbers_bit_for_bit(
+    name: str, pipelines: dict[str, object], rows: dict[str, np.ndarray]
+) -> None:
+    X = feature_rows(name, rows)
+    compiled = compile_model(pipelines[name])
+    assert isinstance(compiled, CompiledBooster)
+    expected = sklearn_predict(pipelines[name], X)
+    assert np.array_equal(compiled.predict(X), expected)
+    # Batch size never changes a row's number (the estimate service scores one ride, the stream hundreds).
+    assert np.array_equal(np.concatenate([compiled.predict(X[i : i + 1]) for i in range(50)]), expected[:50])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+@pytest.mark.parametrize("name", SERVED)
+def test_hostile_rows_take_scikit_learns_path_too(
+    name: str, data: st.DataObject, pipelines: dict[str, object], rows: dict[str, np.ndarray]
+) -> None:
+    width = feature_rows(name, rows).shape[1]
+    values = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True, width=64),
+        st.integers(-5, 400).map(float),  # zones on either side of 1..265
+        st.sampled_from([0.0, -0.0, 0.5, 254.0, 255.0, 256.0]),
+    )
+    X = data.draw(arrays(np.float64, st.tuples(st.integers(1, 30), st.just(width)), elements=values))
+    # The zone step (shared by both paths) casts zones to integers; scikit-learn warns on NaN there.
+    X[:, :2] = np.nan_to_num(X[:, :2], nan=-1.0, posinf=999.0, neginf=-999.0)
+    compiled = compile_model(pipelines[name])
+    assert np.array_equal(compiled.predict(X), sklearn_predict(pipelines[name], X), equal_nan=True)
+
+
+def test_a_booster_without_categorical_features_is_compiled_too() -> None:
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(500, 4)), rng.normal(size=500)
+    X[::7, 2] = np.nan
+    booster = HistGradientBoostingRegressor(max_iter=20).fit(X, y)
+    compiled = compile_model(booster)
+    assert isinstance(compiled, CompiledBooster)
+    assert np.array_equal(compiled.predict(X), sklearn_predict(booster, X))
+
+
+def test_models_it_cannot_reproduce_are_served_unchanged() -> None:
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 3))
+    linear = LinearRegression().fit(X, X[:, 0])
+    poisson = HistGradientBoostingRegressor(loss="poisson", max_iter=5).fit(X, np.abs(X[:, 0]))
+    assert compile_model(linear) is linear
+    assert compile_model(poisson) is poisson
+
+
+def test_a_row_of_the_wrong_width_is_refused_naming_the_shape(pipelines: dict[str, object]) -> None:
+    compiled = compile_model(pipelines["tip"])
+    with pytest.raises(ValueError, match="features"):
+        compiled.predict(np.zeros((2, 3)))
+
+
+def test_the_services_score_with_the_compiled_models(models_dir: Path) -> None:
+    duration = load_duration(models_dir)
+    assert isinstance(duration.start_model, CompiledBooster)
+    assert isinstance(duration.progress_model, CompiledBooster)
+
+
+def test_the_switch_turns_it_off_and_a_bad_value_is_named(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PREDICTOR_ENV, "scikit-learn")
+    assert not isinstance(load_cost(models_dir).model, CompiledBooster)
+    monkeypatch.setenv(PREDICTOR_ENV, "fast")
+    with pytest.raises(ConfigError, match=f"{PREDICTOR_ENV}='fast'.*compiled, scikit-learn"):
+        load_cost(models_dir)
+
+
+def test_ordinal_codes_match_the_encoder_on_known_unknown_and_missing_values() -> None:
+    categories = np.array([0.0, 2.0, 5.0])
+    codes = ordinal_codes(np.array([0.0, 1.0, 2.0, 5.0, 6.0, np.nan, -1.0]), categories)
+    assert np.array_equal(codes, [0.0, np.nan, 1.0, 2.0, np.nan, np.nan, np.nan], equal_nan=True)
