@@ -36,6 +36,7 @@ from numba import njit
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
+from consumers.features import ZoneCategories
 from shared.errors import ConfigError
 from shared.models import LoadedModel
 from shared.registry import load_serving_model
@@ -167,7 +168,7 @@ class CompiledBooster:
 
     def __init__(self, model: Pipeline | HistGradientBoostingRegressor) -> None:
         booster = model[-1] if isinstance(model, Pipeline) else model
-        self.before = model[:-1] if isinstance(model, Pipeline) and len(model) > 1 else None
+        before = [step for _name, step in model.steps[:-1]] if isinstance(model, Pipeline) else []
         self.n_features_in: int = booster.n_features_in_
         self.trees = flatten_trees(booster)
         self._arrays = tuple(getattr(self.trees, name) for name in TreeArrays.__dataclass_fields__)
@@ -177,17 +178,38 @@ class CompiledBooster:
         # scikit-learn's encoder puts the categorical columns first; the trees index that order.
         self.order = np.concatenate((np.flatnonzero(categorical), np.flatnonzero(~categorical)))
         encoder = _category_encoder(booster)
-        self.categories: list[np.ndarray] = (
-            [np.asarray(c, dtype=np.float64) for c in encoder.categories_] if encoder is not None else []
-        )
+        categories = [np.asarray(c, dtype=np.float64) for c in encoder.categories_] if encoder else []
+        encodings = dict(zip(np.flatnonzero(categorical).tolist(), categories))
+        # The served pipelines' one step before the booster, ZoneCategories, and the encoder after it are
+        # two table lookups in a row: folded into one table per zone column here, once. Any other steps are
+        # run as they are (one by one: Pipeline.transform routes metadata first, ~50 µs a call).
+        zones = before[0] if len(before) == 1 and isinstance(before[0], ZoneCategories) else None
+        self.before = [] if zones is not None else before
+        self.zone_tables: list[tuple[int, int, np.ndarray]] = []
+        if zones is not None:
+            for column, codes in zip(zones.columns, zones.codes_):
+                table = ordinal_codes(codes, encodings.pop(column)) if column in encodings else codes
+                self.zone_tables.append((self.position(column), column, table))
+        self.encodings = [(self.position(column), known) for column, known in encodings.items()]
+        # Numba loads (or compiles) the kernel on its first call, ~0.5 s: paid here, not by the first ride.
+        _raw_predict(np.zeros((1, self.n_features_in)), self._arrays, np.empty(1))
+
+    def position(self, column: int) -> int:
+        return int(np.flatnonzero(self.order == column)[0])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        rows = np.asarray(X if self.before is None else self.before.transform(X), dtype=np.float64)
+        for step in self.before:
+            X = step.transform(X)
+        rows = np.asarray(X, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.n_features_in:
             raise ValueError(f"expected rows of {self.n_features_in} features, got shape {rows.shape}")
-        ordered = np.ascontiguousarray(rows[:, self.order])
-        for column, categories in enumerate(self.categories):
-            ordered[:, column] = ordinal_codes(ordered[:, column], categories)
+        ordered = rows[:, self.order]  # (a fresh C-ordered copy)
+        for position, column, table in self.zone_tables:
+            # ZoneCategories' own indexing: cast, then clip to the table (np.clip itself costs ~8 µs a call).
+            zone = np.minimum(np.maximum(rows[:, column].astype(np.int64), 0), len(table) - 1)
+            ordered[:, position] = table[zone]
+        for position, known in self.encodings:
+            ordered[:, position] = ordinal_codes(ordered[:, position], known)
         out = np.empty(len(ordered), dtype=np.float64)
         return _raw_predict(ordered, self._arrays, out)
 

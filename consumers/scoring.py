@@ -154,7 +154,8 @@ def tip_where_recorded(predicted_tip: np.ndarray, payment_type: np.ndarray) -> n
 
     NaN stays NaN so that a broken prediction is still reported as unscoreable, not hidden as a 0.
     """
-    recorded = np.isin(payment_type, TIP_RECORDED_PAYMENT_TYPES)
+    # (two comparisons: np.isin sorts, ~50 µs even for the one ride of an estimate)
+    recorded = np.logical_or.reduce([payment_type == code for code in TIP_RECORDED_PAYMENT_TYPES])
     tips = np.where(recorded, np.maximum(predicted_tip, 0.0), 0.0)
     return np.where(np.isnan(predicted_tip), np.nan, tips)
 

@@ -66,8 +66,14 @@ class TripDurationScorer:
         totals = np.maximum(
             predict_rows(self.start_model, start_features(start_columns_from_events(started))), 0.0
         )
-        left = np.maximum(
-            predict_rows(self.progress_model, progress_features(progress_columns_from_events(progress))), 0.0
+        # (an estimate, or a batch of pickups only, has no progress rows to build features for)
+        left = (
+            np.maximum(
+                predict_rows(self.progress_model, progress_features(progress_columns_from_events(progress))),
+                0.0,
+            )
+            if progress
+            else np.empty(0)
         )
 
         def start_prediction(event: RideStarted, minutes: float) -> EncodedPrediction:

@@ -26,7 +26,7 @@ def test_requests_queued_behind_a_batch_are_scored_together_and_answered_in_orde
         return [Unscoreable(i, "tip", e.ride_id) for i, e in enumerate(events)]
 
     async def scenario() -> list[list[Outcome]]:
-        batcher = Batcher(score)
+        batcher = Batcher(score, inline_rides=0)  # every batch on the worker thread, as large ones are
         batcher.start()
         first = asyncio.create_task(batcher.estimate([ride_started("a")]))
         await asyncio.get_running_loop().run_in_executor(None, first_started.wait, 5)
@@ -67,3 +67,23 @@ def test_a_model_that_raises_fails_its_batch_and_the_batcher_keeps_serving() -> 
         return answer
 
     assert len(asyncio.run(scenario())) == 1
+
+
+def test_small_batches_are_scored_on_the_loop_and_large_ones_on_a_worker_thread() -> None:
+    threads: dict[int, int] = {}
+
+    def score(events: Sequence[RideStarted]) -> list[Outcome]:
+        threads[len(events)] = threading.get_ident()
+        return [Unscoreable(i, "cost", "ok") for i, _ in enumerate(events)]
+
+    async def scenario() -> int:
+        batcher = Batcher(score, inline_rides=4)
+        batcher.start()
+        await batcher.estimate([ride_started(f"s-{i}") for i in range(4)])
+        await batcher.estimate([ride_started(f"l-{i}") for i in range(5)])
+        await batcher.stop()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert threads[4] == loop_thread
+    assert threads[5] != loop_thread
