@@ -3,7 +3,7 @@
     python -m bench.readme
 
 Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` with results/<file>.md for
-NAME in bench, faults, producer, costs (any doc that has the markers).
+NAME in bench, faults, producer, costs, web (any doc that has the markers).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ SECTIONS = {
     "faults": "results/faults.md",
     "producer": "results/producer.md",
     "costs": "results/scoring-costs.md",
+    "web": "results/web.md",
 }
-DOCS = ("README.md", "docs/guarantees.md", "docs/scaling.md", "docs/performance.md")
+DOCS = ("README.md", "docs/guarantees.md", "docs/scaling.md", "docs/performance.md", "docs/http.md")
 
 
 def replace_section(text: str, name: str, body: str) -> str:

@@ -269,9 +269,8 @@ def run(models: Path, rates: list[float], seconds: float) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "# Estimate service under open-loop load (bench/web.py)",
-        "",
-        "One uvicorn worker predicting with the compiled trees (consumers/compiled.py); latency from each "
+        "The estimate service under open-loop load (bench/web.py). One uvicorn worker predicting with the "
+        "compiled trees (consumers/compiled.py); latency from each "
         f"request's scheduled send time; {results['seconds_per_rate']} s per rate. 100-ride requests at a "
         "tenth of the single-ride rates. The baseline is the same worker with "
         "`RIDESTREAM_PREDICTOR=scikit-learn`, measured in the same run. Written by `make bench-web`.",
