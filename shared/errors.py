@@ -40,6 +40,10 @@ class DeliveryError(RidestreamError):
     """A produced record was not acknowledged by the broker."""
 
 
+class DatabaseError(RidestreamError):
+    """The batch job's database: not installed, not reachable, or refusing what was asked."""
+
+
 class DataSourceError(RidestreamError):
     """A ride data file that cannot be read."""
 

@@ -53,6 +53,26 @@ def _register_broker() -> None:
 _register_broker()
 
 
+def _register_database() -> None:
+    from stack.db_cli import db_app
+
+    app.add_typer(db_app, name="db", help="Start, stop and inspect the batch job's local PostgreSQL server.")
+
+
+_register_database()
+
+
+def _register_batch() -> None:
+    from stack.batch_cli import batch_app
+
+    app.add_typer(
+        batch_app, name="batch", help="The batch job: load rides into a database, score windows of them."
+    )
+
+
+_register_batch()
+
+
 def _register_deploy() -> None:
     from stack.deploy_cli import deploy_app
 

@@ -1,0 +1,172 @@
+"""`ridestream batch load | score`: the batch deployment mode (docs/batch.md).
+
+    ridestream batch load  --data FILE... [--db URL] [--table trips]
+    ridestream batch score [--db URL] [--table trips] [--dest-db URL] [--dest-table predictions]
+                           [--since T --until T | --window last-hour|last-day] [--model-alias champion]
+
+The database is `--db`, else RIDESTREAM_DB_URL, else the server of `ridestream db up`, else an embedded
+SQLite file (shared/batch_store.py). A progress bar goes to stderr; the summary line too, and `--json`
+prints it as JSON on stdout for schedulers.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from shared.errors import ConfigError, ModelArtifactError
+from shared.protocols import Scorer
+
+batch_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="rides database URL (default: RIDESTREAM_DB_URL, `db up`'s server, SQLite)"),
+]
+TableOption = Annotated[str, typer.Option("--table", help="the rides table")]
+
+
+def _bar(console: Console, what: str, total: int | None) -> Progress:
+    return Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+        transient=False,
+    )  # fmt: skip
+
+
+@batch_app.command()
+def load(
+    data: Annotated[list[Path], typer.Option("--data", help="TLC trip file(s) (parquet or CSV)")],
+    db: DbOption = None,
+    table: TableOption = "trips",
+) -> None:
+    """Load TLC trip files into the rides table (rides already there are kept, not duplicated)."""
+    from producer.loading import load_trips
+    from producer.trips import read_many
+    from shared.batch_store import connect, database_url, shown
+
+    console = Console(stderr=True)
+    url = database_url(db)
+    engine = connect(url)
+    frame = read_many(list(data))
+    console.print(f"read {len(frame.trips):,} rides from {len(data)} file(s); skipped {dict(frame.skipped)}")
+    with _bar(console, f"loading into {table}", len(frame.trips)) as bar:
+        task = bar.add_task("load", total=len(frame.trips))
+        summary = load_trips(engine, frame.trips, table, progress=lambda n: bar.advance(task, n))
+    console.print(
+        f"{summary.inserted:,} rides added to {table} in {shown(url)}, "
+        f"{summary.already_present:,} already there"
+    )
+
+
+def _parse_time(value: str, flag: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {value!r}: expected an ISO 8601 time, e.g. 2021-02-01T00:00:00+00:00"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ConfigError(f"{flag} {value!r}: needs its UTC offset, e.g. 2021-02-01T00:00:00+00:00")
+    return parsed
+
+
+@batch_app.command()
+def score(
+    db: DbOption = None,
+    table: TableOption = "trips",
+    dest_db: Annotated[
+        str | None, typer.Option("--dest-db", help="predictions database URL (default: --db's)")
+    ] = None,
+    dest_table: Annotated[str, typer.Option("--dest-table", help="the predictions table")] = "predictions",
+    since: Annotated[
+        str | None, typer.Option("--since", help="window start (ISO 8601 with offset), inclusive")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="window end (ISO 8601 with offset), exclusive")
+    ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option("--window", help="last-hour or last-day: the window before now, from the clock"),
+    ] = None,
+    now: Annotated[
+        str | None, typer.Option("--now", help="the clock for --window (default: the real one)")
+    ] = None,
+    model_alias: Annotated[
+        str, typer.Option("--model-alias", help="registry alias of the versions to score with")
+    ] = "champion",
+    models: Annotated[Path, typer.Option("--models", help="model directory (registry)")] = Path("models"),
+    force: Annotated[
+        bool, typer.Option("--force", help="score a window already scored by the same versions")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON on stdout")] = False,
+) -> None:
+    """Score one window of rides with the registry's alias; rerunning a window replaces its rows."""
+    from consumers.batch.scoring import Window, count_rides, score_window, window_from_clock
+    from shared.batch_store import connect, database_url
+
+    if window is not None and (since or until):
+        raise ConfigError(
+            "--window picks the window from the clock: give it, or --since and --until, not both"
+        )
+    if window is not None:
+        chosen = window_from_clock(window, _parse_time(now, "--now") if now else datetime.now(UTC))
+    elif since and until:
+        chosen = Window(_parse_time(since, "--since"), _parse_time(until, "--until"))
+    else:
+        raise ConfigError("which rides? give --since and --until, or --window last-hour|last-day")
+    console = Console(stderr=True)
+    source = connect(database_url(db))
+    dest = connect(database_url(dest_db or db))
+    scorers = _scorers(models, model_alias)
+    total = count_rides(source, table, chosen)
+    with _bar(console, f"scoring {chosen}", total) as bar:
+        task = bar.add_task("score", total=total)
+        summary = score_window(
+            source,
+            table,
+            dest,
+            dest_table,
+            chosen,
+            scorers,
+            force=force,
+            progress=lambda n: bar.advance(task, n),
+        )
+    console.print(summary.line())
+    if as_json:
+        print(json.dumps({
+            "run_id": summary.run_id, "window": [chosen.start.isoformat(), chosen.end.isoformat()],
+            "versions": summary.versions, "rides": summary.rides, "rows_written": summary.rows_written,
+            "rejects": dict(summary.rejects), "seconds": round(summary.seconds, 3),
+            "rides_per_s": round(summary.rides_per_s, 1), "skipped": summary.skipped,
+        }))  # fmt: skip
+
+
+def _scorers(models: Path, alias: str) -> dict[str, Scorer]:
+    """Each service's scorer at the registry's `alias` (plain artifact files have no aliases)."""
+    from consumers.registry import SERVICE_NAMES, service_spec
+    from shared.registry import ModelRegistry, registry_present
+
+    if not registry_present(models):
+        if alias != "champion":
+            raise ConfigError(f"--model-alias {alias}: {models} has no registry, so no aliases")
+        return {name: service_spec(name).load_scorer(models) for name in SERVICE_NAMES}
+    registry = ModelRegistry(models)
+    scorers: dict[str, Scorer] = {}
+    for name in SERVICE_NAMES:
+        spec = service_spec(name)
+        versions = {}
+        for model in spec.models:
+            version = registry.alias_version(model, alias)
+            if version is None:
+                raise ModelArtifactError(
+                    f"no version of {model} has the alias {alias!r} in {models} (`ridestream models list`)"
+                )
+            versions[model] = version
+        scorers[name] = spec.load_scorer(models, versions)
+    return scorers
