@@ -102,6 +102,11 @@ def connect(url: str) -> Engine:
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
+            if engine.dialect.name == "sqlite":
+                # Write-ahead logging (kept in the file): `batch score` reads the rides over one connection
+                # while it writes the window over another; in SQLite's default journal mode the writer would
+                # wait for the reader's lock forever.
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     except OperationalError as exc:
         raise DatabaseError(
             f"cannot reach the database {shown(url)}: {str(exc.orig).strip().splitlines()[0]} "

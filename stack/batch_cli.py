@@ -170,3 +170,79 @@ def _scorers(models: Path, alias: str) -> dict[str, Scorer]:
             versions[model] = version
         scorers[name] = spec.load_scorer(models, versions)
     return scorers
+
+
+DEFAULT_ZONES = Path("../shared/data/taxi_zone_lookup.csv")
+
+
+@batch_app.command()
+def report(
+    db: DbOption = None,
+    table: TableOption = "trips",
+    dest_db: Annotated[
+        str | None, typer.Option("--dest-db", help="predictions database URL (default: --db's)")
+    ] = None,
+    dest_table: Annotated[str, typer.Option("--dest-table", help="the predictions table")] = "predictions",
+    since: Annotated[
+        str | None, typer.Option("--since", help="only rides picked up from then (ISO 8601)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="only rides picked up before then (ISO 8601)")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="the HTML file to write")] = Path("report.html"),
+    zones: Annotated[
+        Path, typer.Option("--zones", help="TLC taxi_zone_lookup.csv, for error by borough")
+    ] = DEFAULT_ZONES,
+    reference_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--reference-data",
+            help="the models' training file(s), the drift reference (default: the period's first fifth)",
+        ),
+    ] = None,
+) -> None:
+    """Render the predictions table as one self-contained HTML dashboard (plots inline, no network)."""
+    import pandas as pd
+    from sqlalchemy import select
+
+    from consumers.batch.report import render
+    from shared.batch_store import connect, database_url, prediction_tables, rides_table
+
+    console = Console(stderr=True)
+    rides_db, dest = connect(database_url(db)), connect(database_url(dest_db or db))
+    predictions_table = prediction_tables(dest_table)[0]
+    rides_of = rides_table(table)
+    query, rides_query = select(predictions_table), select(rides_of)
+    if since is not None:
+        start = _parse_time(since, "--since")
+        query = query.where(predictions_table.c.pickup_time >= start)
+        rides_query = rides_query.where(rides_of.c.pickup_time >= start)
+    if until is not None:
+        end = _parse_time(until, "--until")
+        query = query.where(predictions_table.c.pickup_time < end)
+        rides_query = rides_query.where(rides_of.c.pickup_time < end)
+    with dest.connect() as connection:
+        predictions = pd.read_sql(query, connection)
+    if predictions.empty:
+        raise ConfigError(
+            f"no predictions in {dest_table} for that period: run `ridestream batch score` first"
+        )
+    with rides_db.connect() as connection:
+        rides = pd.read_sql(rides_query, connection)
+    rides = rides[rides["ride_id"].isin(predictions["ride_id"])]
+    for column in ("pickup_time", "dropoff_time"):
+        rides[column] = pd.to_datetime(rides[column], utc=True)
+    boroughs: dict[int, str] = {}
+    if zones.is_file():
+        lookup = pd.read_csv(zones)
+        boroughs = dict(zip(lookup["LocationID"].astype(int), lookup["Borough"].astype(str)))
+    else:
+        console.print(f"no zone lookup at {zones}: the report has no error by borough (pass --zones)")
+    reference = None
+    if reference_data:
+        from producer.trips import read_many
+
+        reference = read_many(list(reference_data)).trips
+    page = render(predictions, rides, reference, boroughs)
+    out.write_text(page.html)
+    console.print(f"wrote {out}: {page.rides:,} rides, models {', '.join(page.models)}")

@@ -24,14 +24,16 @@ from consumers.registry import SERVICE_NAMES, service_spec
 from producer.loading import load_trips
 from producer.source import started_event, trip_rows
 from producer.trips import read_trips
-from shared.batch_store import connect
+from shared.batch_store import connect, database_url
 from shared.errors import ModelArtifactError
 from shared.protocols import Scorer
 from shared.registry import ModelRegistry
 from stack.postgres import LocalPostgres
 from tests.integration.topics import REPO
+from tests.integration.web import chromium
 
 TLC_MONTH = REPO.parent / "shared" / "data" / "green_tripdata_2021-02.parquet"
+ZONES = REPO.parent / "shared" / "data" / "taxi_zone_lookup.csv"
 # The windows scored: a week of the month (~14k rides), so each run takes seconds.
 WEEK = ("2021-02-08T00:00:00+00:00", "2021-02-15T00:00:00+00:00")
 needs_tlc = pytest.mark.skipif(not TLC_MONTH.is_file(), reason=f"needs {TLC_MONTH} (CI has it)")
@@ -283,3 +285,57 @@ def test_a_missing_alias_and_an_empty_window_are_refused_naming_them(
                 "--since", WEEK[1], "--until", WEEK[0], check=False)  # fmt: skip
     assert empty.returncode != 0 and "empty window" in empty.stderr
     assert len(empty.stderr.strip().splitlines()) == 1, "one plain line, no traceback"
+
+
+def test_the_report_renders_its_plots_in_a_browser(
+    postgres: LocalPostgres, rides: int, scorers: dict[str, Scorer], tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    score_here(postgres, scorers, "reported")
+    out = tmp_path / "report.html"
+    done = cli("batch", "report", "--db", postgres.url, "--dest-table", "reported", "--out", str(out),
+               "--zones", str(ZONES))  # fmt: skip
+    assert f"{rides:,} rides" in done.stderr
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(out.as_uri())
+            titles = page.locator("section h2").all_inner_texts()
+            drawn = page.locator("section svg path").count()
+            widths = [
+                box["width"] for box in (s.bounding_box() for s in page.locator("section svg").all()) if box
+            ]
+        finally:
+            browser.close()
+    assert errors == []
+    assert titles == [
+        "Predicted against actual", "Error by hour of day", "Error by borough",
+        "Error per model version over time", "Input drift (population stability index)",
+    ]  # fmt: skip
+    assert drawn > 100 and all(width > 200 for width in widths), "each plot drawn, at a readable size"
+
+
+def test_without_a_server_the_job_runs_on_an_embedded_sqlite_file(
+    scorers: dict[str, Scorer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RIDESTREAM_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("RIDESTREAM_DB_URL", raising=False)
+    url = database_url()
+    assert url == f"sqlite:///{tmp_path / 'batch.sqlite'}"
+    engine = connect(url)
+    trips = read_trips(TLC_MONTH).trips
+    week = trips[(trips["pickup_time"] >= WEEK[0]) & (trips["pickup_time"] < WEEK[1])]
+    assert load_trips(engine, week, "trips").inserted == len(week)
+    window = Window(datetime.fromisoformat(WEEK[0]), datetime.fromisoformat(WEEK[1]))
+    # Rides read over one connection while the window is written over another, in the same file.
+    first = score_window(engine, "trips", engine, "predictions", window, scorers)
+    again = score_window(engine, "trips", engine, "predictions", window, scorers, force=True)
+    assert first.rows_written == again.rows_written == 3 * len(week)
+    with engine.connect() as connection:
+        stored = connection.exec_driver_sql("SELECT count(*), count(DISTINCT run_id) FROM predictions").one()
+    assert tuple(stored) == (3 * len(week), 1)

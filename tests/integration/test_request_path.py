@@ -5,7 +5,6 @@ corrections come back on the ride's Server-Sent Events stream, in order."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ import pytest
 
 from stack.fleet import ServiceProcess, free_port, start_service, stop_service, wait_ready
 from tests.integration.topics import drain
-from tests.integration.web import WAIT_S, Http, generated_requests
+from tests.integration.web import WAIT_S, Http, chromium, generated_requests
 
 
 class RequestPath:
@@ -174,15 +173,6 @@ def test_no_generated_request_to_the_backend_gets_a_5xx(request_path: RequestPat
     # (the update stream of a ride schemathesis created never ends by itself: the e2e test reads it)
     found = generated_requests(request_path.backend.url, 30, "--exclude-path-regex", "/updates$")
     assert found.returncode == 0, found.stdout[-4000:]
-
-
-def chromium() -> str:
-    """Debian's chromium (.ci/run installs it); the test is skipped, saying why, where it is absent."""
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
 
 
 def test_a_rider_requests_a_ride_on_the_page_and_watches_its_arrival_time_change(

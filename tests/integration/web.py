@@ -4,6 +4,7 @@ requests against its OpenAPI document."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.integration.topics import REPO
 
@@ -61,3 +63,12 @@ def generated_requests(url: str, examples: int, *options: str) -> subprocess.Com
         ],
         capture_output=True, text=True, timeout=300, check=False, cwd=REPO,
     )  # fmt: skip
+
+
+def chromium() -> str:
+    """Debian's chromium (.ci/run installs it); the test is skipped, saying why, where it is absent."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
