@@ -44,6 +44,24 @@ def wait_for(condition: Callable[[], bool], what: str, instances: list[ServicePr
         time.sleep(0.5)  # polls the control topic, where instances report every 2 s
 
 
+def split_load(
+    events: list[tuple[bytes, bytes]], shares: tuple[float, ...]
+) -> list[list[tuple[bytes, bytes]]]:
+    """Consecutive parts of the load in these shares (order kept: part i+1 follows part i on the topic)."""
+    bounds = [0, *(round(len(events) * sum(shares[: i + 1])) for i in range(len(shares) - 1)), len(events)]
+    return [events[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def publish_next(
+    bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], previous: threading.Event
+) -> threading.Event:
+    """Publish `events` once the previous part is all delivered; returns the event set when they are."""
+    assert previous.wait(120), "the previous part of the load was not delivered"
+    done = threading.Event()
+    publish_at_rate(bootstrap, topic, events, RATE, done)
+    return done
+
+
 class BlueGreen:
     """Two deployments of cost on this test's topics, and the `ridestream deploy` commands against them."""
 
@@ -185,12 +203,16 @@ def test_blue_green_switch_rollback_and_switch_again_score_each_input_once_by_th
     started = {json.loads(v)["event_id"] for _k, v in load.events if b'"ride_started"' in v}
     verifier = Verifier(kafka_bootstrap, bg.output)
     verifier.start()
-    done = threading.Event()
     try:
         blue, green = bg.start(BLUE), bg.start(GREEN)
         instances = [blue, green]
         wait_ready(instances)
-        publish_at_rate(kafka_bootstrap, bg.rides, load.events, RATE, done)
+        # The rides arrive in three parts, the next one once the test has switched (or rolled back): each
+        # phase then has rides to score however long the one before took (a single stream could run dry
+        # before the last phase on a fast machine, or stall it on a slow one).
+        parts = split_load(load.events, (0.4, 0.3, 0.3))
+        sent = threading.Event()
+        publish_at_rate(kafka_bootstrap, bg.rides, parts[0], RATE, sent)
 
         def scored_by(version: str) -> int:
             return sum(
@@ -201,9 +223,11 @@ def test_blue_green_switch_rollback_and_switch_again_score_each_input_once_by_th
         wait_for(lambda: bg.green_serves("2"), "green serving v2", instances)
         assert scored_by("2") == 0, "green published for users before the switch"
         bg.deploy("switch", "cost")
+        sent = publish_next(kafka_bootstrap, bg.rides, parts[1], sent)
         wait_for(lambda: scored_by("2") >= 150, "green scoring for users", instances)
         bg.deploy("rollback", "cost")
         after_rollback = scored_by("1")
+        done = publish_next(kafka_bootstrap, bg.rides, parts[2], sent)
         wait_for(lambda: scored_by("1") >= after_rollback + 150, "blue scoring for users again", instances)
 
         bg.deploy("start", "cost", "--strategy", "blue-green", "--challenger", "2")
