@@ -14,6 +14,6 @@ COPY producer producer
 COPY consumers consumers
 COPY stack stack
 # uv installs the same pins as pip in a fraction of the time (the image build is part of CI).
-RUN pip install --no-cache-dir 'uv>=0.5,<1' && uv pip install --no-cache --python /opt/venv/bin/python . \
+RUN pip install --no-cache-dir 'uv>=0.5,<1' && uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python . \
     && pip uninstall --yes uv
 ENTRYPOINT []
