@@ -176,7 +176,7 @@ def test_a_failed_delivery_ends_the_faust_process_without_committing(
     )
 
 
-@pytest.mark.slow  # ~30 s: run by `make faults` and `make test-all` (CI keeps the confluent engine's kill tests)
+@pytest.mark.slow  # ~30 s: `make faults` and `make test-all` run it (CI runs the confluent kill tests)
 def test_kill_9_mid_stream_then_restart_loses_no_ride_though_some_may_be_scored_twice(
     kafka_bootstrap: str, trained_models: Path, faust_topics: Topics
 ) -> None:
