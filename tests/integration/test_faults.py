@@ -61,6 +61,7 @@ def test_hostile_payloads_are_dead_lettered_once_each_and_valid_rides_scored_exa
     assert {"undecodable", "schema_violation", "unsupported_schema_version", "oversized"} <= set(reasons)
 
 
+@pytest.mark.slow  # ~20 s waiting out the broker-loss timeout: `make faults` and `make test-all` run it
 def test_a_service_whose_brokers_are_gone_exits_nonzero_with_a_clear_message(
     trained_models: Path, tmp_path: Path
 ) -> None:

@@ -117,7 +117,12 @@ def committed_total(bootstrap: str, topics: Topics) -> int:
     return sum(max(0, tp.offset) for tp in committed)
 
 
-@pytest.mark.parametrize(("flags", "rides"), [((), 40), (("--batched",), 400)], ids=["per-event", "batched"])
+# The per-event agent runs in `make test-all` only (CI time); the batched one, the default, in CI.
+@pytest.mark.parametrize(
+    ("flags", "rides"),
+    [pytest.param((), 40, marks=pytest.mark.slow), (("--batched",), 400)],
+    ids=["per-event", "batched"],
+)
 def test_faust_agent_predicts_each_valid_ride_once_and_dead_letters_each_poison_record_with_its_reason(
     kafka_bootstrap: str, trained_models: Path, faust_topics: Topics, flags: tuple[str, ...], rides: int
 ) -> None:
