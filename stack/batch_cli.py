@@ -30,9 +30,13 @@ DbOption = Annotated[
     typer.Option("--db", help="rides database URL (default: RIDESTREAM_DB_URL, `db up`'s server, SQLite)"),
 ]
 TableOption = Annotated[str, typer.Option("--table", help="the rides table")]
+DestDbOption = Annotated[
+    str | None, typer.Option("--dest-db", help="predictions database URL (default: --db's)")
+]
+DestTableOption = Annotated[str, typer.Option("--dest-table", help="the predictions table")]
 
 
-def _bar(console: Console, what: str, total: int | None) -> Progress:
+def _bar(console: Console, what: str) -> Progress:
     return Progress(
         TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
         transient=False,
@@ -55,7 +59,7 @@ def load(
     engine = connect(url)
     frame = read_many(list(data))
     console.print(f"read {len(frame.trips):,} rides from {len(data)} file(s); skipped {dict(frame.skipped)}")
-    with _bar(console, f"loading into {table}", len(frame.trips)) as bar:
+    with _bar(console, f"loading into {table}") as bar:
         task = bar.add_task("load", total=len(frame.trips))
         summary = load_trips(engine, frame.trips, table, progress=lambda n: bar.advance(task, n))
     console.print(
@@ -80,10 +84,8 @@ def _parse_time(value: str, flag: str) -> datetime:
 def score(
     db: DbOption = None,
     table: TableOption = "trips",
-    dest_db: Annotated[
-        str | None, typer.Option("--dest-db", help="predictions database URL (default: --db's)")
-    ] = None,
-    dest_table: Annotated[str, typer.Option("--dest-table", help="the predictions table")] = "predictions",
+    dest_db: DestDbOption = None,
+    dest_table: DestTableOption = "predictions",
     since: Annotated[
         str | None, typer.Option("--since", help="window start (ISO 8601 with offset), inclusive")
     ] = None,
@@ -125,7 +127,7 @@ def score(
     dest = connect(database_url(dest_db or db))
     scorers = _scorers(models, model_alias)
     total = count_rides(source, table, chosen)
-    with _bar(console, f"scoring {chosen}", total) as bar:
+    with _bar(console, f"scoring {chosen}") as bar:
         task = bar.add_task("score", total=total)
         summary = score_window(
             source,
@@ -179,10 +181,8 @@ DEFAULT_ZONES = Path("../shared/data/taxi_zone_lookup.csv")
 def report(
     db: DbOption = None,
     table: TableOption = "trips",
-    dest_db: Annotated[
-        str | None, typer.Option("--dest-db", help="predictions database URL (default: --db's)")
-    ] = None,
-    dest_table: Annotated[str, typer.Option("--dest-table", help="the predictions table")] = "predictions",
+    dest_db: DestDbOption = None,
+    dest_table: DestTableOption = "predictions",
     since: Annotated[
         str | None, typer.Option("--since", help="only rides picked up from then (ISO 8601)")
     ] = None,
