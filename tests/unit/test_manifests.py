@@ -10,7 +10,7 @@ import yaml
 
 from stack.cli import app
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
 
 def command_of(words: list[str]) -> Any:
