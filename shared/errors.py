@@ -5,6 +5,8 @@
     ├── BrokerError                 the local Apache Kafka broker could not be fetched or started
     │   └── JavaNotFoundError       no suitable JDK on PATH / JAVA_HOME
     ├── KafkaUnavailableError       the configured bootstrap servers did not answer in time
+    │   └── KafkaAuthenticationError  they answered but refused the client's TLS or SASL credentials
+    ├── KafkaAuthorizationError     the client's principal has no ACL for a topic, group or transactional id
     ├── DeliveryError               the broker refused or lost a produced record; never committed past
     ├── DataSourceError             a TLC file that cannot be read or has an unknown layout
     └── ModelArtifactError          a model artifact that is missing, corrupt or incompatible
@@ -34,6 +36,14 @@ class JavaNotFoundError(BrokerError):
 
 class KafkaUnavailableError(RidestreamError):
     """The bootstrap servers did not answer an admin request in time."""
+
+
+class KafkaAuthenticationError(KafkaUnavailableError):
+    """The cluster refused the TLS handshake or the SASL credentials: retrying cannot help."""
+
+
+class KafkaAuthorizationError(RidestreamError):
+    """The principal lacks an ACL for what the process must do: fatal, an operator has to grant it."""
 
 
 class DeliveryError(RidestreamError):

@@ -8,9 +8,12 @@ runner can be exercised against in-memory fakes and against the real broker with
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -22,9 +25,21 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # stub lacks __all__
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # stub lacks __all__
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialAlteration,
+    UserScramCredentialUpsertion,
+)
 
-from shared.errors import KafkaUnavailableError
+from shared.errors import KafkaAuthenticationError, KafkaAuthorizationError, KafkaUnavailableError
 from shared.protocols import DeliveryCallback, MessageProducer
 from shared.records import Headers, InputRecord
 
@@ -33,6 +48,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "OFFSET_BEGINNING",
     "OFFSET_END",
+    "AclGrant",
     "Consumer",
     "DeliveryCallback",
     "KafkaError",
@@ -43,13 +59,17 @@ __all__ = [
     "Producer",
     "TopicPartition",
     "cluster_node_count",
+    "create_acls",
     "ensure_topic",
     "make_consumer",
     "make_producer",
     "make_record_consumer",
     "partition_count",
     "produce_with_backoff",
+    "raise_if_unauthorized",
     "records_of",
+    "topic_names",
+    "upsert_scram_credentials",
     "wait_for_cluster",
 ]
 
@@ -74,15 +94,132 @@ def produce_with_backoff(
             producer.poll(QUEUE_FULL_BACKOFF_S)
 
 
-def _admin(client_config: Mapping[str, str]) -> AdminClient:
+def _admin(client_config: Mapping[str, Any]) -> AdminClient:
     # Short-lived admin clients log an info line ("Purging unserved events") when dropped; warnings show.
     return AdminClient({"log_level": 4, **client_config})
 
 
-def cluster_node_count(client_config: Mapping[str, str], timeout_s: float) -> int:
+# ------------------------------------------------------------------------------------------ security ----
+
+# What the broker answers when the principal lacks an ACL: no retry can help, an operator must grant it.
+AUTHORIZATION_CODES = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "consumer group",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "transactional id",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "cluster",
+}
+# librdkafka's local codes for a refused TLS handshake or SASL exchange, and the broker's for bad credentials.
+AUTHENTICATION_CODES = frozenset(
+    {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED}
+)
+# librdkafka's own diagnosis when a connection closes during the first request: a plaintext client talking
+# to a TLS listener (or the reverse). It reports a transport error, which would otherwise be retried.
+PROTOCOL_MISMATCH_HINT = "incorrect security.protocol"
+
+
+def raise_if_unauthorized(error: KafkaError, doing: str) -> None:
+    """KafkaAuthorizationError when `error` is an authorization failure, naming what was refused."""
+    kind = AUTHORIZATION_CODES.get(error.code())
+    if kind is not None:
+        raise KafkaAuthorizationError(
+            f"not authorized: {doing} was refused ({kind} access denied: {error.str()}); grant this "
+            "principal the ACL it needs (docs/security.md)"
+        )
+
+
+def authentication_problem(error: KafkaError) -> str | None:
+    """Why the cluster will never accept this client as configured, or None for an error worth retrying."""
+    if error.code() in AUTHENTICATION_CODES:
+        return f"authentication failed: {error.str()}"
+    if error.code() == KafkaError._TRANSPORT and PROTOCOL_MISMATCH_HINT in error.str():
+        return (
+            f"{error.str()}: the listener expects TLS (security.protocol SSL or SASL_SSL) or this client "
+            "uses TLS against a plaintext listener"
+        )
+    return None
+
+
+AclResource = Literal["topic", "group", "transactional_id"]
+AclPattern = Literal["literal", "prefixed"]
+Operation = Literal["read", "write", "describe", "create"]
+_RESOURCES = {
+    "topic": ResourceType.TOPIC,
+    "group": ResourceType.GROUP,
+    "transactional_id": ResourceType.TRANSACTIONAL_ID,
+}
+_PATTERNS = {"literal": ResourcePatternType.LITERAL, "prefixed": ResourcePatternType.PREFIXED}
+_OPERATIONS = {
+    "read": AclOperation.READ,
+    "write": AclOperation.WRITE,
+    "describe": AclOperation.DESCRIBE,
+    "create": AclOperation.CREATE,
+}
+
+
+@dataclass(frozen=True)
+class AclGrant:
+    """One ALLOW ACL: `principal` (User:name) may `operation` the `resource` named (or prefixed) `name`."""
+
+    principal: str
+    operation: Operation
+    resource: AclResource
+    name: str
+    pattern: AclPattern = "literal"
+
+
+def create_acls(
+    client_config: Mapping[str, Any], grants: Iterable[AclGrant], timeout_s: float = 30.0
+) -> None:
+    """Create every grant (an existing identical ACL is not an error); raise on the first refusal."""
+    bindings = [
+        AclBinding(
+            _RESOURCES[g.resource],
+            g.name,
+            _PATTERNS[g.pattern],
+            g.principal,
+            "*",
+            _OPERATIONS[g.operation],
+            AclPermissionType.ALLOW,
+        )
+        for g in grants
+    ]
+    if not bindings:
+        return
+    admin = _admin(client_config)  # held until every future resolves: a dropped client cancels them
+    for future in admin.create_acls(bindings, request_timeout=timeout_s).values():
+        future.result(timeout=timeout_s)
+
+
+def upsert_scram_credentials(
+    client_config: Mapping[str, Any],
+    passwords: Mapping[str, str],
+    mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512",
+    iterations: int = 8192,
+) -> None:
+    """Create or replace the SCRAM credential of each user (the controller stores only salted hashes)."""
+    info = ScramCredentialInfo(
+        ScramMechanism.SCRAM_SHA_512 if mechanism == "SCRAM-SHA-512" else ScramMechanism.SCRAM_SHA_256,
+        iterations,
+    )
+    upserts: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(user, info, password.encode()) for user, password in passwords.items()
+    ]
+    if not upserts:
+        return
+    admin = _admin(client_config)  # held until every future resolves: a dropped client cancels them
+    for future in admin.alter_user_scram_credentials(upserts).values():
+        future.result(timeout=30.0)
+
+
+def cluster_node_count(client_config: Mapping[str, Any], timeout_s: float) -> int:
     """Number of brokers the cluster reports, via a metadata (admin) request."""
     metadata = _admin(client_config).list_topics(timeout=timeout_s)
     return len(metadata.brokers)
+
+
+def topic_names(client_config: Mapping[str, Any], timeout_s: float = 10.0) -> list[str]:
+    """The topics the client's principal may see (metadata lists only those it may describe)."""
+    return list(_admin(client_config).list_topics(timeout=timeout_s).topics)
 
 
 def partition_count(client_config: Mapping[str, str], topic: str, timeout_s: float = 10.0) -> int:
@@ -95,24 +232,65 @@ def wait_for_cluster(client_config: Mapping[str, str], timeout_s: float, expecte
     """Block until an admin request sees `expected_nodes` brokers, or raise KafkaUnavailableError.
 
     Readiness is an answered request, never a fixed sleep: a broker's port accepts connections before it
-    can serve metadata.
+    can serve metadata. A cluster that refuses this client (bad credentials, a TLS mismatch) can never
+    become ready for it: KafkaAuthenticationError at once rather than at the deadline.
     """
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
+    refused: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        problem = authentication_problem(error)
+        if problem is not None:
+            refused.append(problem)
+
+    servers = str(client_config.get("bootstrap.servers"))
+    # One client throughout, asked in short slices: its error callback reports a refusal within a second,
+    # while a request simply waits out its timeout.
+    admin = _admin({**client_config, "error_cb": on_error})
     while time.monotonic() < deadline:
-        remaining = max(0.5, min(5.0, deadline - time.monotonic()))
+        remaining = max(0.5, min(1.0, deadline - time.monotonic()))
         try:
-            seen = cluster_node_count(client_config, remaining)
+            seen = len(admin.list_topics(timeout=remaining).brokers)
             if seen >= expected_nodes:
                 return
             last_error = f"{seen} of {expected_nodes} brokers registered"
         except KafkaException as exc:
             last_error = str(exc.args[0]) if exc.args else str(exc)
+            if not refused and _speaks_tls_unasked(client_config):
+                refused.append(
+                    "the listener expects TLS: set security.protocol to SSL or SASL_SSL (and the CA to trust)"
+                )
+        admin.poll(0)  # serves the error callback
+        if refused:
+            raise KafkaAuthenticationError(f"Kafka at {servers} refused this client: {refused[0]}")
         time.sleep(0.2)  # back-off between retries of a failed request, not a readiness guess
-    raise KafkaUnavailableError(
-        f"Kafka at {client_config.get('bootstrap.servers')} did not answer within {timeout_s:.0f}s "
-        f"({last_error})"
-    )
+    raise KafkaUnavailableError(f"Kafka at {servers} did not answer within {timeout_s:.0f}s ({last_error})")
+
+
+def _speaks_tls_unasked(client_config: Mapping[str, str]) -> bool:
+    """A plaintext client whose first bootstrap server completes a TLS handshake: it talks to a TLS listener.
+
+    librdkafka only sees the broker close the connection (an INFO log line, no error), which it retries
+    forever; asking the port once in TLS turns that into a clear, immediate answer.
+    """
+    protocol = str(client_config.get("security.protocol", "PLAINTEXT")).upper()
+    if protocol.endswith("SSL"):
+        return False
+    first = str(client_config.get("bootstrap.servers", "")).split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if not host or not port.isdigit():
+        return False
+    context = ssl.create_default_context()
+    # Only "is this TLS?": the certificate is not trusted or checked, and nothing is sent after the hello.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0) as raw:
+            with context.wrap_socket(raw, server_hostname=host.strip("[]")):
+                return True
+    except (OSError, ssl.SSLError):
+        return False
 
 
 def ensure_topic(
@@ -147,6 +325,10 @@ def ensure_topic(
     except KafkaException as exc:
         if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return False  # another process won the race; the topic is there, which is all we need
+        if exc.args:
+            # Metadata lists only the topics a principal may describe: a topic it has no ACL for looks
+            # missing, and creating it is refused.
+            raise_if_unauthorized(exc.args[0], f"using topic {topic!r} (describe, or create when missing)")
         raise
     return True
 
@@ -195,11 +377,13 @@ def make_consumer(
 
 def records_of(messages: Sequence[Message]) -> list[InputRecord]:
     """The engine-neutral records of a consume() call. A fatal client error ends the run (KafkaException);
-    any other error record (a partition EOF, a transient broker error) is logged and retried by librdkafka."""
+    an authorization failure ends it too (KafkaAuthorizationError: no retry can help); any other error record
+    (a partition EOF, a transient broker error) is logged and retried by librdkafka."""
     records: list[InputRecord] = []
     for message in messages:
         error = message.error()
         if error is not None:
+            raise_if_unauthorized(error, f"consuming {message.topic() or 'the subscribed topics'}")
             if error.fatal():
                 raise KafkaException(error)
             log.warning("consumer error (will retry): %s", error)

@@ -48,8 +48,9 @@ from typing import Any, Self
 import psutil
 
 from shared.errors import BrokerError, JavaNotFoundError, KafkaUnavailableError
-from shared.kafka import wait_for_cluster
+from shared.kafka import KafkaException, topic_names, wait_for_cluster
 from shared.local_cluster import state_path
+from stack.security import SecureCluster, provision, service_grants
 
 __all__ = [
     "KAFKA_VERSION",
@@ -70,6 +71,8 @@ MIN_JAVA_MAJOR = 17
 JDK_HINT = "install a JDK 17+, e.g. apt-get install openjdk-17-jre-headless"
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 120.0
+# Under the data directory: a secured cluster's CA, broker keystore and password files.
+SECURITY_DIR = "security"
 STOP_TIMEOUT_S = 30.0
 # How often loops re-check a real condition (a port, a pid); never a readiness guess on its own.
 POLL_S = 0.1
@@ -299,9 +302,14 @@ def node_config(
     log_dir: str,
     bind_host: str = LOOPBACK,
     advertised_host: str = LOOPBACK,
+    secure: SecureCluster | None = None,
 ) -> dict[str, str]:
-    """server.properties of node `index` in a cluster whose (broker, controller) ports are `ports`."""
+    """server.properties of node `index` in a cluster whose (broker, controller) ports are `ports`; with
+    `secure`, its one client listener is SASL_SSL and the controllers talk mutual TLS (stack/security.py)."""
     broker_port, controller_port = ports[index]
+    listeners = (
+        {} if secure is None else secure.node_config(broker_port, controller_port, bind_host, advertised_host)
+    )
     return {
         # Combined mode: one JVM per node is both broker and KRaft controller, the cheapest real cluster.
         "process.roles": "broker,controller",
@@ -316,6 +324,7 @@ def node_config(
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": log_dir,
         **cluster_config(len(ports)),
+        **listeners,
     }
 
 
@@ -485,6 +494,8 @@ class LocalKafka:
         self._detached = True
         self.owner_pid = os.getpid()
         self.bootstrap_servers: str = ",".join(node.address for node in nodes)
+        # A `--secure` cluster's certificates and credentials; None for a plaintext one.
+        self.secure: SecureCluster | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -499,17 +510,24 @@ class LocalKafka:
         timeout_s: float = START_TIMEOUT_S,
         config_overrides: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        secure: bool = False,
     ) -> LocalKafka:
         """Fetch the jars if needed, format storage, start every node and wait until all serve metadata.
 
         `data_dir` that already holds formatted nodes of a same-sized cluster is reused (its topics survive);
         otherwise a fresh cluster is formatted. Any failure stops what was started and raises BrokerError.
+
+        `secure`: SASL_SSL only, with ACLs; once up, the fleet's principals and topics are provisioned
+        (stack/security.py) and `kafka.secure` holds their credentials.
         """
         if nodes < 1:
             raise BrokerError(f"a cluster needs at least one node, not {nodes}")
         java = find_java()
         libs = ensure_kafka_jars(progress or _to_stderr)
         directory, remove_dir, reused = _prepare_data_dir(data_dir, nodes)
+        if secure and reused:
+            # Its credentials live only in its metadata log and were never written down anywhere we read.
+            raise BrokerError(f"{directory} holds a cluster already: a --secure cluster starts from new data")
         ports = free_ports(2 * nodes)
         pairs = [(ports[2 * i], ports[2 * i + 1]) for i in range(nodes)]
         members = [_Node(i, b, c, directory / f"node-{i}") for i, (b, c) in enumerate(pairs)]
@@ -517,6 +535,8 @@ class LocalKafka:
         kafka._java, kafka._libs = java, libs
         kafka._detached = detach
         try:
+            if secure:
+                kafka.secure = SecureCluster.create(directory / SECURITY_DIR)
             kafka._write_configs(pairs, config_overrides or {})
             kafka._format_storage()
             if not detach:
@@ -524,6 +544,8 @@ class LocalKafka:
             for node in members:
                 kafka._launch(node)
             kafka._await_ready(members, time.monotonic() + timeout_s)
+            if kafka.secure is not None:
+                kafka._provision(time.monotonic() + timeout_s)
         except BaseException:
             kafka.stop(keep_data=keep_data or reused, timeout_s=5.0)  # never delete data we were given
             raise
@@ -599,7 +621,10 @@ class LocalKafka:
         log4j2 = _resource("log4j2.properties")
         for node in self._nodes:
             node.directory.mkdir(parents=True, exist_ok=True)
-            config = {**node_config(node.index, ports, str(node.directory / "data")), **overrides}
+            config = {
+                **node_config(node.index, ports, str(node.directory / "data"), secure=self.secure),
+                **overrides,
+            }
             (node.directory / "server.properties").write_text(_properties(config))
             (node.directory / "log4j2.properties").write_text(log4j2)
 
@@ -633,6 +658,7 @@ class LocalKafka:
                         cluster_id,
                         "-c",
                         str(node.directory / "server.properties"),
+                        *(self.secure.format_arguments() if self.secure else ()),
                     ),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
@@ -685,7 +711,7 @@ class LocalKafka:
         for node in nodes:
             try:
                 wait_for_cluster(
-                    {"bootstrap.servers": node.address},
+                    self.admin_config(node.address),
                     max(1.0, deadline - time.monotonic()),
                     expected_nodes=expected,
                 )
@@ -695,12 +721,47 @@ class LocalKafka:
                     f"Kafka node {node.index} {state}: {exc}\n{_failure_excerpt(node)}"
                 ) from None
 
+    def _provision(self, deadline: float) -> None:
+        """Create the principals, their ACLs and topics; return once every node lets the last one in.
+
+        Credentials and ACLs reach each broker through the metadata log: until a node has them, the
+        principal's first connection there would be refused.
+        """
+        assert self.secure is not None
+        grants = service_grants()
+        self.secure.passwords = provision(self.admin_config(), grants)
+        self.secure.write_password_files()
+        last = list(grants)[-1]
+        visible = {grant.name for grant in grants[last] if grant.resource == "topic"}
+        for node in self._nodes:
+            config = self.secure.client_config(node.address, last)
+            while not _sees(config, visible):
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"node {node.index} did not apply the ACLs of {last!r} in time")
+                time.sleep(POLL_S)
+
+    def admin_config(self, bootstrap_servers: str | None = None) -> dict[str, str]:
+        """Client settings of the cluster's super user (only an address for a plaintext cluster)."""
+        servers = bootstrap_servers or self.bootstrap_servers
+        if self.secure is None:
+            return {"bootstrap.servers": servers}
+        return self.secure.client_config(servers)
+
+    def client_config(self, user: str) -> dict[str, str]:
+        """Client settings of a provisioned principal of a secured cluster (`producer`, `tip`, ...)."""
+        if self.secure is None:
+            raise BrokerError("this cluster is not secured: it has no principals")
+        if user not in self.secure.passwords:
+            raise BrokerError(f"no principal {user!r} (known: {', '.join(sorted(self.secure.passwords))})")
+        return self.secure.client_config(self.bootstrap_servers, user)
+
     def _remove_data(self) -> None:
         if self._remove_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             return
         for node in self._nodes:
             shutil.rmtree(node.directory, ignore_errors=True)
+        shutil.rmtree(self.data_dir / SECURITY_DIR, ignore_errors=True)
 
     # -- detached state -----------------------------------------------------------------------------------
 
@@ -711,6 +772,7 @@ class LocalKafka:
             "data_dir": str(self.data_dir),
             "keep_data": self.keep_data,
             "remove_data_dir": self._remove_data_dir,
+            **({"security": self.secure.to_state()} if self.secure is not None else {}),
             "nodes": [
                 {
                     "index": n.index,
@@ -737,7 +799,18 @@ class LocalKafka:
             )
             for n in state["nodes"]
         ]
-        return cls(nodes, data_dir, bool(state.get("keep_data")), bool(state.get("remove_data_dir")))
+        kafka = cls(nodes, data_dir, bool(state.get("keep_data")), bool(state.get("remove_data_dir")))
+        if state.get("security"):
+            kafka.secure = SecureCluster.from_state(state["security"])
+        return kafka
+
+
+def _sees(client_config: Mapping[str, str], topics: set[str]) -> bool:
+    """True when the client authenticates and its metadata lists every one of `topics`."""
+    try:
+        return topics <= set(topic_names(client_config, timeout_s=5.0))
+    except KafkaException:
+        return False  # refused or timed out: the node has not applied the credential yet
 
 
 def _prepare_data_dir(data_dir: Path | None, nodes: int) -> tuple[Path, bool, bool]:
@@ -785,10 +858,14 @@ def _await_listening(node: _Node, deadline: float) -> None:
 
 
 def write_state(kafka: LocalKafka) -> Path:
+    """Record the cluster for later commands; owner-only, since a secured one's passwords are in it."""
     path = state_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(kafka.to_state(), indent=2) + "\n")
+    staging.unlink(missing_ok=True)
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(kafka.to_state(), indent=2) + "\n")
     staging.replace(path)  # readers never see half a file
     return path
 

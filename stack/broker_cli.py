@@ -26,6 +26,7 @@ from stack.broker import (
     state_path,
     write_state,
 )
+from stack.security import SCRAM_MECHANISM
 
 broker_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -40,6 +41,21 @@ def _describe(kafka: LocalKafka) -> str:
     return f"{kafka.bootstrap_servers} ({nodes}, data in {kafka.data_dir})"
 
 
+def _describe_security(kafka: LocalKafka) -> str:
+    """The principals and where their settings are: never a password (those stay in the state file and
+    the owner-only password files)."""
+    secure = kafka.secure
+    if secure is None:
+        return "security: none (PLAINTEXT, no ACLs)"
+    lines = [
+        f"security: SASL_SSL with {SCRAM_MECHANISM}, ACLs (StandardAuthorizer, deny when no ACL matches)",
+        f"  CA certificate: {secure.tls.ca_location}",
+        "  principals (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD_FILE):",
+        *(f"    {user:<10} {secure.password_file(user)}" for user in secure.principals),
+    ]
+    return "\n".join(lines)
+
+
 @broker_app.command()
 def up(
     nodes: Annotated[
@@ -52,14 +68,23 @@ def up(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the cluster to be ready")] = 120.0,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="SASL_SSL only (SCRAM-SHA-512, a local CA), ACLs, one principal per service "
+            "(docs/security.md); `broker status` lists them",
+        ),
+    ] = False,
 ) -> None:
     """Start a local Kafka cluster in the background and print its bootstrap address."""
     running = running_broker()
     if running is not None:
-        if running.node_count != nodes:
+        if running.node_count != nodes or (running.secure is not None) != secure:
+            kind = "secured " if running.secure is not None else ""
             raise BrokerError(
-                f"a {running.node_count}-node broker is already running at {running.bootstrap_servers}; "
-                "stop it first with `ridestream broker down`"
+                f"a {running.node_count}-node {kind}broker is already running at "
+                f"{running.bootstrap_servers}; stop it first with `ridestream broker down`"
             )
         _note(f"already running: {_describe(running)}")
         print(running.bootstrap_servers)
@@ -71,9 +96,12 @@ def up(
         clear_state()
     find_java()  # the usual problems first, before announcing a start
     ensure_kafka_jars(progress=_note)
-    _note(f"starting a {nodes}-node Apache Kafka {KAFKA_VERSION} cluster (KRaft)...")
+    kind = "secured " if secure else ""
+    _note(f"starting a {nodes}-node {kind}Apache Kafka {KAFKA_VERSION} cluster (KRaft)...")
     started = time.monotonic()
-    kafka = LocalKafka.start(nodes=nodes, data_dir=data_dir, detach=True, timeout_s=timeout, progress=_note)
+    kafka = LocalKafka.start(
+        nodes=nodes, data_dir=data_dir, detach=True, timeout_s=timeout, progress=_note, secure=secure
+    )
     try:
         write_state(kafka)
     except OSError as exc:
@@ -83,6 +111,8 @@ def up(
         f"ready in {time.monotonic() - started:.1f}s: {_describe(kafka)}; "
         "stop it with `ridestream broker down`"
     )
+    if kafka.secure is not None:
+        _note(_describe_security(kafka))
     print(kafka.bootstrap_servers)
 
 
@@ -94,6 +124,8 @@ def status() -> None:
         print("not running")
         raise typer.Exit(1)
     print(f"running: {_describe(kafka)}")
+    if kafka.secure is not None:
+        print(_describe_security(kafka))
 
 
 @broker_app.command()
