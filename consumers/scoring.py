@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import TypeAdapter
@@ -191,6 +191,22 @@ def record_outcome(
 PostProcess = Callable[[np.ndarray, StartColumns], np.ndarray]
 
 
+@runtime_checkable
+class PickupScorer(Protocol):
+    """A scorer's number for rides at pickup, straight from columns: what the batch job stores and what the
+    scorer's own `score` puts in each ride_started prediction, so the two cannot differ."""
+
+    @property
+    def pickup_model(self) -> tuple[str, str]:
+        """(model name, version) of the model that scores a ride at pickup."""
+        ...
+
+    def at_pickup(self, columns: StartColumns, features: np.ndarray) -> np.ndarray:
+        """One number per ride, in the contract's units (NaN where the model gave no finite number), from the
+        rides' columns and their `start_features` (computed once for every model that scores them)."""
+        ...
+
+
 class StartScorer:
     """One model, scored at pickup: ride_started events → one value field of `contract` (tip, cost).
 
@@ -217,11 +233,18 @@ class StartScorer:
         self.model_version = model_version
         check_labels(contract, model_name, model_version)
 
+    @property
+    def pickup_model(self) -> tuple[str, str]:
+        return self.model_name, self.model_version
+
+    def at_pickup(self, columns: StartColumns, features: np.ndarray) -> np.ndarray:
+        return self.post_process(predict_rows(self.model, features), columns)
+
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
         result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
         started = [(position, e) for position, e in enumerate(events) if isinstance(e, RideStarted)]
         columns = start_columns_from_events([e for _, e in started])
-        values = self.post_process(predict_rows(self.model, start_features(columns)), columns)
+        values = self.at_pickup(columns, start_features(columns))
 
         def prediction(event: RideStarted, value: float) -> EncodedPrediction:
             return encode_prediction(

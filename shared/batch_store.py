@@ -14,8 +14,12 @@ row, and one executemany on SQLite.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 from sqlalchemy import (
@@ -204,3 +208,102 @@ def _copy_value(value: Any) -> Any:
     if isinstance(value, datetime) and value.tzinfo is None:
         raise ValueError(f"naive datetime {value}: an offset is required")
     return value
+
+
+def copy_text(connection: Connection, table: Table, payload: str) -> None:
+    """Append rows already in COPY's text format (tab-separated, newline-ended, values in the table's column
+    order) inside the connection's transaction: PostgreSQL only."""
+    driver = connection.connection.driver_connection
+    assert driver is not None  # (a live connection inside a transaction)
+    quoted = ", ".join(f'"{column.name}"' for column in table.columns)
+    with driver.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+        copy.write(payload)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_escape(value: str) -> str:
+    """`value` as one field of COPY's text format."""
+    return value.translate(_COPY_ESCAPES)
+
+
+Step = Callable[[Connection], None]
+Timings = dict[str, float]  # seconds per stage
+
+
+_TIMINGS_LOCK = threading.Lock()  # (the batch job's threads add to one dict)
+
+
+def add_seconds(timings: Timings, stage: str, seconds: float) -> None:
+    with _TIMINGS_LOCK:
+        timings[stage] = timings.get(stage, 0.0) + seconds
+
+
+_END = object()
+
+
+class BackgroundTransaction:
+    """One transaction on `engine`, run by a thread of its own: steps execute in the order submitted, and the
+    caller computes the next chunk while the database takes this one (PostgreSQL ingests in its own process,
+    on the other core). At most `depth` steps wait, so memory stays bounded. The transaction commits when
+    the `with` block ends normally; on an exception in the block, or in a step, it rolls back, and a step's
+    exception is raised in the caller. `timings["write"]` sums the steps' seconds, `timings["write wait"]`
+    the caller's seconds waiting for room."""
+
+    def __init__(self, engine: Engine, timings: Timings, depth: int = 2) -> None:
+        self._engine = engine
+        self._timings = timings
+        self._steps: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._commit = False
+        self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
+
+    def __enter__(self) -> BackgroundTransaction:
+        self._thread.start()
+        return self
+
+    def submit(self, step: Step) -> None:
+        self._raise_failure()
+        started = time.perf_counter()
+        self._steps.put(step)
+        add_seconds(self._timings, "write wait", time.perf_counter() - started)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._commit = error is None
+        self._steps.put(_END)
+        self._thread.join()
+        if error is None:
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            with self._engine.begin() as connection:
+                while (step := self._steps.get()) is not _END:
+                    if self._error is None:  # after a failure, only drained, so no submitter blocks
+                        self._execute(connection, step)  # type: ignore[arg-type]
+                if self._error is not None or not self._commit:
+                    raise _RolledBack
+        except _RolledBack:
+            pass
+        except BaseException as error:  # the commit itself failed  # noqa: BLE001
+            self._error = self._error or error
+
+    def _execute(self, connection: Connection, step: Step) -> None:
+        started = time.perf_counter()
+        try:
+            step(connection)
+        except BaseException as error:  # noqa: BLE001  (re-raised in the caller's thread)
+            self._error = error
+        finally:
+            add_seconds(self._timings, "write", time.perf_counter() - started)
+
+
+class _RolledBack(Exception):
+    """Leaves `engine.begin()` by an exception, which rolls the transaction back."""

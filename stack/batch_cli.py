@@ -146,6 +146,7 @@ def score(
             "versions": summary.versions, "rides": summary.rides, "rows_written": summary.rows_written,
             "rejects": dict(summary.rejects), "seconds": round(summary.seconds, 3),
             "rides_per_s": round(summary.rides_per_s, 1), "skipped": summary.skipped,
+            "stage_seconds": {stage: round(s, 3) for stage, s in sorted(summary.stages.items())},
         }))  # fmt: skip
 
 

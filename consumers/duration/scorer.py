@@ -19,6 +19,7 @@ from consumers.compiled import load_compiled_model
 from consumers.features import (
     PROGRESS_FEATURES,
     START_FEATURES,
+    StartColumns,
     progress_columns_from_events,
     progress_features,
     start_columns_from_events,
@@ -58,14 +59,20 @@ class TripDurationScorer:
         self.model_name = f"{START_MODEL}+{PROGRESS_MODEL}"
         self.model_version = f"{start_version}+{progress_version}"
 
+    @property
+    def pickup_model(self) -> tuple[str, str]:
+        return START_MODEL, self.start_version
+
+    def at_pickup(self, columns: StartColumns, features: np.ndarray) -> np.ndarray:
+        """The whole trip's minutes; np.maximum keeps NaN, so a broken row is still reported, not clipped."""
+        return np.asarray(np.maximum(predict_rows(self.start_model, features), 0.0))
+
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
         result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
         started = [e for e in events if isinstance(e, RideStarted)]
         progress = [e for e in events if isinstance(e, RideProgress)]
-        # np.maximum keeps NaN, so a broken row is still reported rather than clipped to 0.
-        totals = np.maximum(
-            predict_rows(self.start_model, start_features(start_columns_from_events(started))), 0.0
-        )
+        start_columns = start_columns_from_events(started)
+        totals = self.at_pickup(start_columns, start_features(start_columns))
         # (an estimate, or a batch of pickups only, has no progress rows to build features for)
         left = (
             np.maximum(
