@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint run test test-all test-docker docker-up docker-down faults bench bench-producer bench-web schemas broker-jars clean
+.PHONY: install lint run test test-all test-docker docker-up docker-down faults bench bench-producer bench-web bench-batch schemas broker-jars clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,17 @@ lint: install
 	$(BIN)/ruff check .
 
 # The CI test suite: the checks above, then every test but the ones marked slow (own broker clusters,
-# long fault loops); `make test-all` runs those too.
+# long fault loops); `make test-all` runs those too. Two workers (pytest-xdist), a test file each at a
+# time, each with its own broker: most tests wait on brokers and processes, so this fits CI's 20 minutes.
+# TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: lint broker-jars
-	$(BIN)/python -m pytest -m "not slow and not docker" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not docker" $(PYTEST_PARALLEL) $(ARGS)
 
 test-all: lint broker-jars
-	$(BIN)/python -m pytest -m "not docker" $(ARGS)
+	$(BIN)/python -m pytest -m "not docker" $(PYTEST_PARALLEL) $(ARGS)
 
 # The Docker path (Debian's docker.io, debootstrap, docker-compose and kcat; installed when missing and
 # root): a dockerd of the project's own, the locally made images, then the integration tests against a
@@ -72,6 +77,10 @@ bench-producer: broker-jars
 # worker, single-ride and 100-ride requests, against the in-process predict: writes results/web.{json,md}.
 bench-web: install
 	$(BIN)/python -m bench.web $(ARGS)
+
+# The batch job at a million rides on a PostgreSQL of its own: results/batch.{json,md}.
+bench-batch: install
+	$(BIN)/python -m bench.batch $(ARGS)
 
 schemas: install
 	$(BIN)/ridestream schemas
