@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 from shared.errors import DeliveryError
-from shared.kafka import KafkaError, KafkaException, Message, TopicPartition
+from shared.kafka import KafkaError, KafkaException, Message, TopicPartition, raise_if_unauthorized
 from shared.protocols import MessageProducer, RecordConsumer, TransactionalProducer
 from shared.records import OffsetRange
 
@@ -332,7 +332,12 @@ class ExactlyOnce(IntervalCommitter):
         self.producer: TransactionalProducer = producer
         self.call_timeout_s = call_timeout_s
         # Fences any earlier instance with the same transactional.id and aborts its open transaction.
-        self.producer.init_transactions(flush_timeout_s)
+        try:
+            self.producer.init_transactions(flush_timeout_s)
+        except KafkaException as exc:
+            if exc.args:  # a principal without an ACL for its transactional id: say so, do not retry
+                raise_if_unauthorized(exc.args[0], f"{service}: starting transactions (init_transactions)")
+            raise
 
     def begin(self) -> None:
         if self.pending.since is None:

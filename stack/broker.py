@@ -748,11 +748,11 @@ class LocalKafka:
         return self.secure.client_config(servers)
 
     def client_config(self, user: str) -> dict[str, str]:
-        """Client settings of a provisioned principal of a secured cluster (`producer`, `tip`, ...)."""
+        """Client settings of a principal of a secured cluster (`admin`, `producer`, `tip`, ...)."""
         if self.secure is None:
             raise BrokerError("this cluster is not secured: it has no principals")
-        if user not in self.secure.passwords:
-            raise BrokerError(f"no principal {user!r} (known: {', '.join(sorted(self.secure.passwords))})")
+        if user not in self.secure.principals:
+            raise BrokerError(f"no principal {user!r} (known: {', '.join(self.secure.principals)})")
         return self.secure.client_config(self.bootstrap_servers, user)
 
     def _remove_data(self) -> None:

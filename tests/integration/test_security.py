@@ -13,23 +13,27 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from consumers.registry import SERVICE_NAMES
 from schemas.topics import RIDE_EVENTS_TOPIC, prediction_topic
 from shared.errors import KafkaAuthenticationError
-from shared.kafka import TopicPartition, make_consumer, wait_for_cluster
+from shared.kafka import TopicPartition, make_consumer, make_producer, wait_for_cluster
 from stack.broker import LocalKafka, load_state
 from stack.cli import app
-from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
+from stack.fleet import ServiceProcess, free_port, start_service, stop_service, wait_ready
 from stack.security import ADMIN
 from tests.integration.topics import REPO, drain
+from tests.integration.web import Http
 
 # What each scoring service scores: the expected outputs are the input topic's events of these types.
 SCORED = {
@@ -211,22 +215,43 @@ def test_every_scoring_service_scores_the_rides_as_its_own_principal(
         assert "exactly_once" in txn.log_path.read_text()  # it really ran transactional
 
 
-def test_the_tip_principal_cannot_read_or_write_another_services_topic_and_exits_saying_so(
-    secure_kafka: LocalKafka, trained_models: Path, tmp_path: Path, transcript: Transcript
+# what tip's principal is refused when it sets these settings → what its one error line must name
+READ_AND_WRITE = {
+    "read": ({"INPUT_TOPIC": prediction_topic("duration")}, repr(prediction_topic("duration"))),
+    "write": ({"OUTPUT_TOPIC": prediction_topic("cost")}, repr(prediction_topic("cost"))),
+}
+GROUP_AND_TRANSACTIONAL_ID = {
+    # cost's group: refused when it joins (at-least-once)...
+    "group": ({"GROUP_ID": "ridestream-cost"}, "consumer group access denied"),
+    # ...and, under exactly-once, its transactional id (ridestream-cost.tip-1) even before that
+    "transactional id": (
+        {"GROUP_ID": "ridestream-cost", "PROCESSING_GUARANTEE": "exactly_once"},
+        "transactional id access denied",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        pytest.param(READ_AND_WRITE, id="read predictions.duration, write predictions.cost"),
+        pytest.param(GROUP_AND_TRANSACTIONAL_ID, id="group, transactional id", marks=pytest.mark.slow),
+    ],
+)
+def test_the_tip_principal_cannot_use_another_services_topics_or_ids_and_exits_saying_so(
+    secure_kafka: LocalKafka,
+    trained_models: Path,
+    tmp_path: Path,
+    transcript: Transcript,
+    refused: dict[str, tuple[dict[str, str], str]],
 ) -> None:
-    refused = {"INPUT_TOPIC": prediction_topic("duration"), "OUTPUT_TOPIC": prediction_topic("cost")}
     started = time.monotonic()
-    # Both at once (each its own process and group): the refusals are independent, CI time is not.
+    # All at once (each its own process): the refusals are independent, CI time is not.
     attempts = {
-        setting: start_as(
-            secure_kafka,
-            "tip",
-            "tip",
-            trained_models,
-            tmp_path / setting,
-            **{setting: topic},
+        case: start_as(
+            secure_kafka, "tip", "tip", trained_models, tmp_path / case.replace(" ", "-"), **settings
         )
-        for setting, topic in refused.items()
+        for case, (settings, _) in refused.items()
     }
     transcript.files.extend(tip.log_path for tip in attempts.values())
     try:
@@ -242,7 +267,7 @@ def test_the_tip_principal_cannot_read_or_write_another_services_topic_and_exits
         assert codes[setting] == 1, log[-2000:]
         said = [line for line in log.splitlines() if line.startswith("ridestream: error:")]
         assert len(said) == 1 and said[0].startswith("ridestream: error: not authorized"), log[-2000:]
-        assert repr(refused[setting]) in said[0] and "Traceback" not in log
+        assert refused[setting][1] in said[0] and "Traceback" not in log
 
 
 def test_a_wrong_password_fails_fast_with_a_clear_message(
@@ -269,6 +294,78 @@ def test_a_plaintext_client_on_the_tls_port_fails_fast_with_a_clear_message(
     assert time.monotonic() - started < 10.0, str(refused.value)
 
 
+def metric_total(instance: ServiceProcess, name: str) -> float:
+    with urllib.request.urlopen(instance.url("/metrics"), timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+
+
+@pytest.mark.slow
+def test_the_evaluator_and_the_web_services_work_as_their_own_principals(
+    secure_kafka: LocalKafka, trained_models: Path, tmp_path: Path, transcript: Transcript
+) -> None:
+    admin = secure_kafka.admin_config()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    duration = start_as(secure_kafka, "duration", "duration", trained_models, logs)
+    evaluator = start_as(secure_kafka, "evaluator", "evaluator", trained_models, logs, PUBLISH_INTERVAL_S="1")
+    estimate = Http(
+        ["serve", "--models", str(trained_models), "-b", secure_kafka.bootstrap_servers],
+        free_port(),
+        logs / "estimate.log",
+        principal_env(secure_kafka, "estimate"),
+    )
+    backend = Http(
+        ["backend", "--estimate-url", estimate.url, "-b", secure_kafka.bootstrap_servers],
+        free_port(),
+        logs / "backend.log",
+        principal_env(secure_kafka, "backend"),
+    )
+    transcript.files.extend([duration.log_path, evaluator.log_path, estimate.log, backend.log])
+    try:
+        produce_as_producer(secure_kafka, 30, seed=77, transcript=transcript)
+        estimate.wait_ready()  # it follows the control topic as `estimate`
+        backend.wait_ready()  # its feed is assigned the prediction topics as `backend`
+        wait_ready([duration, evaluator])
+        ride = {
+            "pickup_zone": 74,
+            "dropoff_zone": 41,
+            "pickup_time": datetime.now(UTC).isoformat(),
+            "trip_distance_miles": 2.5,
+        }
+        created = httpx.post(f"{backend.url}/v1/rides", json=ride, timeout=10)
+        assert created.status_code == 201, created.text  # estimated, and published as `backend`
+        ride_id = created.json()["ride_id"]
+        deadline = time.monotonic() + 60
+        scored: list[str] = []
+        while ride_id not in scored:
+            assert time.monotonic() < deadline, f"{ride_id} was never scored"
+            records = drain(admin, [prediction_topic("duration")], quiet_s=1.0, timeout_s=30)
+            scored = [json.loads(r.value or b"{}")["ride_id"] for r in records]
+        # The evaluator joined predictions with outcomes (the producer's completed rides) as `evaluator`.
+        while metric_total(evaluator, "ridestream_live_count") == 0:
+            assert time.monotonic() < deadline, evaluator.log_tail()
+            time.sleep(0.5)  # between scrapes of its /metrics
+    finally:
+        codes = [stop_service(duration), stop_service(evaluator), backend.stop(), estimate.stop()]
+    assert codes == [0, 0, 0, 0]
+
+
+@pytest.mark.slow
+def test_a_three_node_secured_cluster_lets_every_principal_in_on_every_node(tmp_path: Path) -> None:
+    with LocalKafka.start(nodes=3, data_dir=tmp_path / "cluster", secure=True) as kafka:
+        assert kafka.secure is not None
+        for node in range(3):
+            for user in kafka.secure.principals:
+                config = {**kafka.client_config(user), "bootstrap.servers": kafka.node_address(node)}
+                wait_for_cluster(config, timeout_s=30, expected_nodes=3)
+        # Inter-broker replication runs as `broker` over SASL_SSL: a record acknowledged by all replicas.
+        producer = make_producer(kafka.client_config("producer"))
+        producer.produce(RIDE_EVENTS_TOPIC, b"{}", b"k")
+        assert producer.flush(30) == 0
+
+
+# Last in the module: it scans what every test before it printed and logged.
 def test_broker_status_lists_the_principals_and_no_output_or_log_holds_a_secret(
     secure_kafka: LocalKafka, secure_state_dir: Path, transcript: Transcript
 ) -> None:
