@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise
 	# compile scikit-learn, pandas and MLflow from source again (it made CI twice as long).
 	$(BIN)/python -m pip install --quiet 'uv>=0.5,<1'
-	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[test,faust,bench,lint]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[test,faust,bench,lint,spark]'
 	touch $(STAMP)
 
 install: $(STAMP)

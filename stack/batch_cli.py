@@ -3,6 +3,7 @@
     ridestream batch load  --data FILE... [--db URL] [--table trips]
     ridestream batch score [--db URL] [--table trips] [--dest-db URL] [--dest-table predictions]
                            [--since T --until T | --window last-hour|last-day] [--model-alias champion]
+                           [--engine local|spark]
 
 The database is `--db`, else RIDESTREAM_DB_URL, else the server of `ridestream db up`, else an embedded
 SQLite file (shared/batch_store.py). A progress bar goes to stderr; the summary line too, and `--json`
@@ -20,8 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from shared.errors import ConfigError, ModelArtifactError
-from shared.protocols import Scorer
+from shared.errors import ConfigError
 
 batch_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -107,9 +107,18 @@ def score(
         bool, typer.Option("--force", help="score a window already scored by the same versions")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON on stdout")] = False,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (this process) or spark (pyspark extra; PostgreSQL only)")
+    ] = "local",
+    spark_master: Annotated[
+        str, typer.Option("--spark-master", help="Spark master URL for --engine spark")
+    ] = "local[*]",
+    spark_partitions: Annotated[
+        int, typer.Option("--spark-partitions", help="JDBC read partitions (by pickup time)")
+    ] = 4,
 ) -> None:
     """Score one window of rides with the registry's alias; rerunning a window replaces its rows."""
-    from consumers.batch.scoring import Window, count_rides, score_window, window_from_clock
+    from consumers.batch.scoring import Window, alias_scorers, count_rides, score_window, window_from_clock
     from shared.batch_store import connect, database_url
 
     if window is not None and (since or until):
@@ -123,22 +132,27 @@ def score(
     else:
         raise ConfigError("which rides? give --since and --until, or --window last-hour|last-day")
     console = Console(stderr=True)
-    source = connect(database_url(db))
-    dest = connect(database_url(dest_db or db))
-    scorers = _scorers(models, model_alias)
-    total = count_rides(source, table, chosen)
-    with _bar(console, f"scoring {chosen}") as bar:
-        task = bar.add_task("score", total=total)
-        summary = score_window(
-            source,
-            table,
-            dest,
-            dest_table,
-            chosen,
-            scorers,
-            force=force,
-            progress=lambda n: bar.advance(task, n),
-        )
+    source_url, dest_url = database_url(db), database_url(dest_db or db)
+    source, dest = connect(source_url), connect(dest_url)
+    if engine == "spark":
+        from stack.spark_engine import score_window_on_spark
+
+        console.print(f"scoring {chosen} on Spark ({spark_master}, {spark_partitions} partitions)")
+        summary = score_window_on_spark(
+            source_url, source, table, dest_url, dest, dest_table, chosen, models, model_alias,
+            force=force, master=spark_master, partitions=spark_partitions,
+        )  # fmt: skip
+    elif engine == "local":
+        scorers = alias_scorers(models, model_alias)
+        total = count_rides(source, table, chosen)
+        with _bar(console, f"scoring {chosen}") as bar:
+            task = bar.add_task("score", total=total)
+            summary = score_window(
+                source, table, dest, dest_table, chosen, scorers, force=force,
+                progress=lambda n: bar.advance(task, n),
+            )  # fmt: skip
+    else:
+        raise ConfigError(f"--engine {engine!r}: expected local or spark")
     console.print(summary.line())
     if as_json:
         print(json.dumps({
@@ -148,31 +162,6 @@ def score(
             "rides_per_s": round(summary.rides_per_s, 1), "skipped": summary.skipped,
             "stage_seconds": {stage: round(s, 3) for stage, s in sorted(summary.stages.items())},
         }))  # fmt: skip
-
-
-def _scorers(models: Path, alias: str) -> dict[str, Scorer]:
-    """Each service's scorer at the registry's `alias` (plain artifact files have no aliases)."""
-    from consumers.registry import SERVICE_NAMES, service_spec
-    from shared.registry import ModelRegistry, registry_present
-
-    if not registry_present(models):
-        if alias != "champion":
-            raise ConfigError(f"--model-alias {alias}: {models} has no registry, so no aliases")
-        return {name: service_spec(name).load_scorer(models) for name in SERVICE_NAMES}
-    registry = ModelRegistry(models)
-    scorers: dict[str, Scorer] = {}
-    for name in SERVICE_NAMES:
-        spec = service_spec(name)
-        versions = {}
-        for model in spec.models:
-            version = registry.alias_version(model, alias)
-            if version is None:
-                raise ModelArtifactError(
-                    f"no version of {model} has the alias {alias!r} in {models} (`ridestream models list`)"
-                )
-            versions[model] = version
-        scorers[name] = spec.load_scorer(models, versions)
-    return scorers
 
 
 DEFAULT_ZONES = Path("../shared/data/taxi_zone_lookup.csv")

@@ -75,6 +75,11 @@ def _run(command: Sequence[str], what: str) -> str:
     return done.stdout
 
 
+# A batch window is one big transaction of COPYs: with the defaults (1 GB of WAL, checkpoints every 5 min)
+# a million-ride window forced checkpoints mid-write. Room for the WAL of one window instead.
+BULK_SETTINGS = "-c max_wal_size=8GB -c checkpoint_timeout=30min -c shared_buffers=256MB -c wal_buffers=32MB"
+
+
 @dataclass(frozen=True)
 class LocalPostgres:
     data_dir: Path
@@ -104,7 +109,9 @@ class LocalPostgres:
                 "initdb",
             )  # fmt: skip
         server = cls(data_dir, port or free_port(), bin_dir)
-        options = f"-c listen_addresses=127.0.0.1 -p {server.port} -c unix_socket_directories=''"
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {server.port} -c unix_socket_directories='' {BULK_SETTINGS}"
+        )
         _run(
             [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(data_dir / "server.log"), "-o", options,
              "-w", "-t", str(int(timeout_s)), "start"],

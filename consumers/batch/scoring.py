@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import compress
+from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
@@ -32,6 +33,7 @@ from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, se
 from sqlalchemy.engine import Row
 
 from consumers.features import StartColumns, start_columns_from_events, start_features
+from consumers.registry import SERVICE_NAMES, service_spec
 from consumers.scoring import PickupScorer, unscoreable_reason
 from schemas.events import RideStarted
 from shared.batch_store import (
@@ -45,8 +47,9 @@ from shared.batch_store import (
     prediction_tables,
     rides_table,
 )
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ModelArtifactError
 from shared.protocols import Scorer
+from shared.registry import ModelRegistry, registry_present
 from shared.serde import classify, short_detail
 
 CHUNK_ROWS = 20_000
@@ -133,6 +136,28 @@ def started_event(ride: Mapping[str, Any]) -> RideStarted:
     return RideStarted.model_validate(started_fields(ride))
 
 
+def alias_scorers(models: Path, alias: str) -> dict[str, Scorer]:
+    """Each service's scorer at the registry's `alias` (plain artifact files have no aliases)."""
+    if not registry_present(models):
+        if alias != "champion":
+            raise ConfigError(f"--model-alias {alias}: {models} has no registry, so no aliases")
+        return {name: service_spec(name).load_scorer(models) for name in SERVICE_NAMES}
+    registry = ModelRegistry(models)
+    scorers: dict[str, Scorer] = {}
+    for name in SERVICE_NAMES:
+        spec = service_spec(name)
+        versions = {}
+        for model in spec.models:
+            version = registry.alias_version(model, alias)
+            if version is None:
+                raise ModelArtifactError(
+                    f"no version of {model} has the alias {alias!r} in {models} (`ridestream models list`)"
+                )
+            versions[model] = version
+        scorers[name] = spec.load_scorer(models, versions)
+    return scorers
+
+
 def versions_of(scorers: Mapping[str, PickupScorer]) -> dict[str, str]:
     return {service: scorer.pickup_model[1] for service, scorer in sorted(scorers.items())}
 
@@ -143,6 +168,37 @@ def pickup_scorers(scorers: Mapping[str, Scorer]) -> dict[str, PickupScorer]:
         if not isinstance(scorer, PickupScorer):
             raise ConfigError(f"the {service} scorer {type(scorer).__name__} cannot score rides at pickup")
     return dict(cast(Mapping[str, PickupScorer], scorers))
+
+
+def start_run(
+    dest: Engine, dest_table: str, window: Window, versions: dict[str, str], force: bool
+) -> ScoreSummary:
+    """The run's summary, with `skipped` set when the same versions already scored the window (and not
+    `force`); creates the destination tables when missing. Every engine starts a window here."""
+    predictions, _rejects, runs = prediction_tables(dest_table)
+    predictions.metadata.create_all(dest)
+    summary = ScoreSummary(uuid.uuid4().hex[:12], window, versions)
+    done = _finished_run(dest, runs, window, versions)
+    if done is not None and not force:
+        summary.run_id, summary.skipped = done, True
+    return summary
+
+
+def run_record(runs: Table, summary: ScoreSummary, started_at: datetime) -> Any:
+    """The `<dest>_runs` row that marks the window scored: written in the window's transaction, last."""
+    return insert(runs).values(
+        run_id=summary.run_id, window_start=summary.window.start, window_end=summary.window.end,
+        versions=json.dumps(summary.versions, sort_keys=True), rides=summary.rides,
+        rows_written=summary.rows_written, rejects=sum(summary.rejects.values()),
+        started_at=started_at, finished_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def window_query(table: str, window: Window) -> Any:
+    """The columns a ride_started event is built from, for the rides picked up in the window."""
+    rides = rides_table(table)
+    in_window = and_(rides.c.pickup_time >= window.start, rides.c.pickup_time < window.end)
+    return select(*(rides.c[name] for name in RIDE_COLUMNS)).where(in_window)
 
 
 def score_window(
@@ -158,22 +214,15 @@ def score_window(
 ) -> ScoreSummary:
     """Score every ride of `table` whose pickup is in `window` into `dest_table` (module docstring)."""
     models = pickup_scorers(scorers)
-    rides = rides_table(table)
-    predictions, rejects, runs = prediction_tables(dest_table)
-    predictions.metadata.create_all(dest)
-    versions = versions_of(models)
-    summary = ScoreSummary(uuid.uuid4().hex[:12], window, versions)
-    done = _finished_run(dest, runs, window, versions)
-    if done is not None and not force:
-        summary.run_id, summary.skipped = done, True
+    summary = start_run(dest, dest_table, window, versions_of(models), force)
+    if summary.skipped:
         return summary
+    predictions, rejects, runs = prediction_tables(dest_table)
     started_at, started = datetime.now(UTC), time.monotonic()
-    in_window = and_(rides.c.pickup_time >= window.start, rides.c.pickup_time < window.end)
-    query = select(*(rides.c[name] for name in RIDE_COLUMNS)).where(in_window)
     on_postgres = dest.dialect.name == "postgresql"
     with BackgroundTransaction(dest, summary.stages) as writing:
-        writing.submit(partial(_delete_window, tables=(predictions, rejects), window=window))
-        chunks = _chunks(source, query, chunk_rows)
+        writing.submit(partial(delete_window, tables=(predictions, rejects), window=window))
+        chunks = _chunks(source, window_query(table, window), chunk_rows)
         for count, scored in _score_chunks(chunks, list(models.values()), summary.stages):
             writing.submit(_write(predictions, rejects, scored, summary.run_id, on_postgres, summary.stages))
             summary.rides += count
@@ -181,13 +230,8 @@ def score_window(
             summary.rejects.update(reason for _r, _t, reason, _d in scored.refused)
             if progress is not None:
                 progress(count)
-        finished = insert(runs).values(
-            run_id=summary.run_id, window_start=window.start, window_end=window.end,
-            versions=json.dumps(versions, sort_keys=True), rides=summary.rides,
-            rows_written=summary.rows_written, rejects=sum(summary.rejects.values()),
-            started_at=started_at, finished_at=datetime.now(UTC),
-        )  # fmt: skip
-        writing.submit(partial(_execute, finished))
+        summary.seconds = time.monotonic() - started
+        writing.submit(partial(_execute, run_record(runs, summary, started_at)))
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -196,7 +240,8 @@ def _execute(statement: Any, connection: Connection) -> None:
     connection.execute(statement)
 
 
-def _delete_window(connection: Connection, tables: Sequence[Table], window: Window) -> None:
+def delete_window(connection: Connection, tables: Sequence[Table], window: Window) -> None:
+    """The window's old rows go, inside the transaction that writes its new ones."""
     for old in tables:
         connection.execute(
             delete(old).where(old.c.pickup_time >= window.start, old.c.pickup_time < window.end)

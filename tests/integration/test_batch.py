@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumers.batch.scoring import ScoreSummary, Window, score_window
+from consumers.batch.scoring import ScoreSummary, Window, alias_scorers, score_window
 from consumers.registry import SERVICE_NAMES, service_spec
 from producer.loading import load_trips
 from producer.source import started_event, trip_rows
@@ -108,9 +108,7 @@ def scorers(trained_models: Path) -> dict[str, Scorer]:
 
 
 def champion_scorers(models: Path, alias: str = "champion") -> dict[str, Scorer]:
-    from stack.batch_cli import _scorers
-
-    return _scorers(models, alias)
+    return alias_scorers(models, alias)
 
 
 def score_here(
@@ -339,3 +337,34 @@ def test_without_a_server_the_job_runs_on_an_embedded_sqlite_file(
     with engine.connect() as connection:
         stored = connection.exec_driver_sql("SELECT count(*), count(DISTINCT run_id) FROM predictions").one()
     assert tuple(stored) == (3 * len(week), 1)
+
+
+def test_spark_in_local_mode_writes_the_single_process_jobs_rows(
+    postgres: LocalPostgres, rides: int, trained_models: Path, scorers: dict[str, Scorer]
+) -> None:
+    """`--engine spark` (pyspark's local mode, JDBC both ways, the scorer per partition) against the
+    single-process job on the same week, rows the contract refuses included: the same rows, number for
+    number, and the same rejects with the same details."""
+    copy_a_ride_of_the_week(postgres, "bad-zone", pickup_zone="999")
+    copy_a_ride_of_the_week(postgres, "no-passengers", passenger_count="NULL")
+    try:
+        local = score_here(postgres, scorers, "by_process")
+        on_spark = score(postgres, trained_models, "--dest-table", "by_spark", "--engine", "spark",
+                         "--spark-master", "local[2]", "--spark-partitions", "3")  # fmt: skip
+    finally:
+        with psycopg.connect(postgres.url) as connection:
+            connection.execute("DELETE FROM trips WHERE ride_id IN ('bad-zone', 'no-passengers')")
+    assert on_spark["rides"] == local.rides == rides + 2
+    assert on_spark["rows_written"] == local.rows_written == 3 * rides
+    assert on_spark["rejects"] == dict(local.rejects) == {"schema_violation": 2}
+    assert on_spark["versions"] == local.versions
+    columns = "ride_id, model_name, model_version, prediction, pickup_time"
+    assert set(query(postgres, f"SELECT {columns} FROM by_spark")) == set(
+        query(postgres, f"SELECT {columns} FROM by_process")
+    )
+    refusals = "ride_id, pickup_time, reason, detail"
+    assert set(query(postgres, f"SELECT {refusals} FROM by_spark_rejects")) == set(
+        query(postgres, f"SELECT {refusals} FROM by_process_rejects")
+    )
+    staging = query(postgres, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'by_spark_staging_%'")
+    assert staging == [(0,)], "the staging table is dropped once swapped in"
