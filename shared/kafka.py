@@ -245,6 +245,7 @@ def wait_for_cluster(client_config: Mapping[str, str], timeout_s: float, expecte
             refused.append(problem)
 
     servers = str(client_config.get("bootstrap.servers"))
+    probed = False
     # One client throughout, asked in short slices: its error callback reports a refusal within a second,
     # while a request simply waits out its timeout.
     admin = _admin({**client_config, "error_cb": on_error})
@@ -257,10 +258,11 @@ def wait_for_cluster(client_config: Mapping[str, str], timeout_s: float, expecte
             last_error = f"{seen} of {expected_nodes} brokers registered"
         except KafkaException as exc:
             last_error = str(exc.args[0]) if exc.args else str(exc)
-            if not refused and _speaks_tls_unasked(client_config):
+            if not refused and not probed and _speaks_tls_unasked(client_config):
                 refused.append(
                     "the listener expects TLS: set security.protocol to SSL or SASL_SSL (and the CA to trust)"
                 )
+            probed = True  # once: a plaintext listener that is still starting logs each probe as garbage
         admin.poll(0)  # serves the error callback
         if refused:
             raise KafkaAuthenticationError(f"Kafka at {servers} refused this client: {refused[0]}")
