@@ -3,7 +3,7 @@
     python -m bench.readme
 
 Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` with results/<file>.md for
-NAME in bench, faults, producer, costs, web (any doc that has the markers).
+NAME in bench, faults, producer, costs, web, batch (any doc that has the markers).
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ SECTIONS = {
     "producer": "results/producer.md",
     "costs": "results/scoring-costs.md",
     "web": "results/web.md",
+    "batch": "results/batch.md",
 }
-DOCS = ("README.md", "docs/guarantees.md", "docs/scaling.md", "docs/performance.md", "docs/http.md")
+DOCS = (
+    "README.md",
+    "docs/guarantees.md",
+    "docs/scaling.md",
+    "docs/performance.md",
+    "docs/http.md",
+    "docs/batch.md",
+)
 
 
 def replace_section(text: str, name: str, body: str) -> str:

@@ -17,6 +17,7 @@ flavour's serialisation differs across MLflow releases, and the passport is what
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -95,15 +96,22 @@ def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
     return reference, CHAMPION, None
 
 
+@functools.cache
+def _client(uri: str) -> Any:
+    # One client per store and process: each new one checks the SQLite store's schema migrations, ~1.8 s,
+    # and a scoring process used to build five (one per model loaded, one for the aliases).
+    from mlflow.tracking import MlflowClient  # heavy: only processes that use the registry pay for it
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 class ModelRegistry:
     def __init__(self, models_dir: Path) -> None:
-        from mlflow.tracking import MlflowClient  # heavy: only processes that use the registry pay for it
-
         self.models_dir = Path(models_dir)
         self.uri = tracking_uri(self.models_dir)
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             self.models_dir.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self.client = _client(self.uri)
 
     # -- writing ---------------------------------------------------------------------------------------
 
