@@ -177,9 +177,19 @@ def credentials(kafka: KafkaSettings) -> CredentialsT | None:
     protocol = kafka.security_protocol.upper()
     if protocol == "PLAINTEXT":
         return None
-    context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    context = None
+    if protocol.endswith("SSL"):
+        # The same trust (and client certificate) as the confluent engine's client_config.
+        context = ssl.create_default_context(
+            cafile=str(kafka.ssl_ca_location) if kafka.ssl_ca_location else None
+        )
+        if kafka.ssl_certificate_location and kafka.ssl_key_location:
+            key_password = kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None
+            context.load_cert_chain(
+                str(kafka.ssl_certificate_location), str(kafka.ssl_key_location), key_password
+            )
     if protocol.startswith("SASL"):
-        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        password = kafka.resolved_sasl_password()
         return faust.SASLCredentials(
             username=kafka.sasl_username,
             password=password,

@@ -139,3 +139,21 @@ def test_kafka_settings_keep_the_plaintext_defaults() -> None:
         "security.protocol": "PLAINTEXT",
         "client.id": "ridestream",
     }
+
+
+def test_the_faust_engine_trusts_the_configured_ca_and_reads_the_password_file(tmp_path: Path) -> None:
+    """The second engine connects to a secured cluster with the same settings as the first: the CA from
+    KAFKA_SSL_CA_LOCATION (not only the system's), the password from KAFKA_SASL_PASSWORD_FILE."""
+    from stack.faust_engine import credentials
+
+    tls = generate_tls(tmp_path / "tls")
+    secret = tmp_path / "tip.password"
+    secret.write_text("s3cret-from-a-file\n")
+    kafka = KafkaSettings(
+        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="tip",
+        sasl_password_file=secret, ssl_ca_location=tls.ca_location,
+    )  # fmt: skip
+    found = credentials(kafka)
+    assert found is not None and found.password == "s3cret-from-a-file"
+    subjects = [dict(item[0] for item in ca["subject"]) for ca in found.ssl_context.get_ca_certs()]
+    assert {"commonName": "ridestream local CA"} in subjects
