@@ -339,6 +339,7 @@ def test_without_a_server_the_job_runs_on_an_embedded_sqlite_file(
     assert tuple(stored) == (3 * len(week), 1)
 
 
+@pytest.mark.spark
 def test_spark_in_local_mode_writes_the_single_process_jobs_rows(
     postgres: LocalPostgres, rides: int, trained_models: Path, scorers: dict[str, Scorer]
 ) -> None:
