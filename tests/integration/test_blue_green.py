@@ -25,7 +25,7 @@ from shared.handover import HandoverStep, first_at, owner_at
 from shared.registry import CHAMPION, ModelRegistry
 from stack.deploy import read_fleet_state
 from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
-from tests.integration.rollouts import deploy_options, rollout, wait_until_over
+from tests.integration.rollouts import deploy_options, publish_next, rollout, split_load, wait_until_over
 from tests.integration.topics import drain, ridestream
 
 RIDES = 4000
@@ -42,24 +42,6 @@ def wait_for(condition: Callable[[], bool], what: str, instances: list[ServicePr
             assert instance.process.poll() is None, instance.log_tail(30)
         assert time.monotonic() < deadline, f"{what} did not happen in {WAIT_S:.0f}s"
         time.sleep(0.5)  # polls the control topic, where instances report every 2 s
-
-
-def split_load(
-    events: list[tuple[bytes, bytes]], shares: tuple[float, ...]
-) -> list[list[tuple[bytes, bytes]]]:
-    """Consecutive parts of the load in these shares (order kept: part i+1 follows part i on the topic)."""
-    bounds = [0, *(round(len(events) * sum(shares[: i + 1])) for i in range(len(shares) - 1)), len(events)]
-    return [events[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def publish_next(
-    bootstrap: str, topic: str, events: list[tuple[bytes, bytes]], previous: threading.Event
-) -> threading.Event:
-    """Publish `events` once the previous part is all delivered; returns the event set when they are."""
-    assert previous.wait(120), "the previous part of the load was not delivered"
-    done = threading.Event()
-    publish_at_rate(bootstrap, topic, events, RATE, done)
-    return done
 
 
 class BlueGreen:
@@ -223,11 +205,11 @@ def test_blue_green_switch_rollback_and_switch_again_score_each_input_once_by_th
         wait_for(lambda: bg.green_serves("2"), "green serving v2", instances)
         assert scored_by("2") == 0, "green published for users before the switch"
         bg.deploy("switch", "cost")
-        sent = publish_next(kafka_bootstrap, bg.rides, parts[1], sent)
+        sent = publish_next(kafka_bootstrap, bg.rides, parts[1], RATE, sent)
         wait_for(lambda: scored_by("2") >= 150, "green scoring for users", instances)
         bg.deploy("rollback", "cost")
         after_rollback = scored_by("1")
-        done = publish_next(kafka_bootstrap, bg.rides, parts[2], sent)
+        done = publish_next(kafka_bootstrap, bg.rides, parts[2], RATE, sent)
         wait_for(lambda: scored_by("1") >= after_rollback + 150, "blue scoring for users again", instances)
 
         bg.deploy("start", "cost", "--strategy", "blue-green", "--challenger", "2")

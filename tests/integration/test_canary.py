@@ -17,7 +17,7 @@ from bench.faults import Load, Verifier, publish_at_rate
 from consumers.routing import ride_bucket
 from shared.registry import CHAMPION, ModelRegistry
 from stack.fleet import start_service, stop_service, wait_ready
-from tests.integration.rollouts import deploy_options, rollout, wait_until_over
+from tests.integration.rollouts import deploy_options, publish_next, rollout, split_load, wait_until_over
 from tests.integration.test_hot_reload import register_corrupt_version
 from tests.integration.topics import ridestream
 
@@ -64,7 +64,9 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_without_a_person(
     outputs: list[dict[str, object]] = []
     try:
         wait_ready(instances)
-        publish_at_rate(kafka_bootstrap, rides, load.events, RATE, threading.Event())
+        first, second = split_load(load.events, (0.4, 0.6))
+        sent = threading.Event()
+        publish_at_rate(kafka_bootstrap, rides, first, RATE, sent)
 
         bad = ridestream(
             "deploy", "start", "cost", "--strategy", "canary", "--challenger", "3", *gates, *deploy_args
@@ -76,6 +78,7 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_without_a_person(
         assert "exceeds the champion's" in rejected.decisions[-1].reason
         assert registry.alias_version("cost", CHAMPION) == "1"
 
+        publish_next(kafka_bootstrap, rides, second, RATE, sent)  # the good canary's rides
         good = ridestream(
             "deploy", "start", "cost", "--strategy", "canary", "--challenger", "2", *gates, *deploy_args
         )
