@@ -23,7 +23,10 @@ LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def _to_utc(value: datetime) -> datetime:
-    utc = value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 pushed off the calendar by its offset: refused, not a crash
+        raise ValueError(f"{value.isoformat()} is outside {EARLIEST.year}..{LATEST.year - 1}") from None
     if not EARLIEST <= utc < LATEST:
         raise ValueError(f"{utc.isoformat()} is outside {EARLIEST.year}..{LATEST.year - 1}")
     return utc
