@@ -3,10 +3,12 @@
     python -m bench.scoring_costs [--models DIR] [--events 40000] [--out results/scoring-costs.json]
 
 Runs the service's own functions on synthetic ride events in micro-batches of the service's batch size and
-reports µs per input event for each stage (best of `--repeats` interleaved rounds, so background noise
-inflates nothing):
+reports µs per input event for each stage (best of `--repeats` interleaved rounds in rotated orders, each
+timing after a garbage collection, so background noise inflates nothing):
 decode and validate, feature matrices, each model's predict, encoding the predictions, and `score_batch`
-as a whole. Predicts and `score_batch` are measured with scikit-learn and with the compiled trees
+as a whole. Decoding is measured both ways, as `plan_batch` does it for the duration service: pydantic
+per record (`RIDESTREAM_DECODER=pydantic`, before) and `shared.columnar.decode_batch` (now), and so is
+`score_batch`. Predicts and `score_batch` are measured with scikit-learn and with the compiled trees
 (consumers/compiled.py) in the same invocation, so their ratio is fair on a noisy machine; encoding is too,
 two ways: building each contract model and serialising it (what the scorers did before), and
 `encode_prediction` (what they do now). The rest of a service's CPU is the Kafka client's (compare
@@ -16,8 +18,10 @@ two ways: building each contract model and serialising it (what the scorers did 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -38,13 +42,18 @@ from consumers.features import (
 from consumers.scoring import encode_prediction, predict_rows
 from schemas.events import RideProgress, RideStarted
 from schemas.predictions import DurationPrediction
-from shared.runner import score_batch
+from shared.columnar import DECODER_ENV
+from shared.runner import plan_batch, score_batch
 from shared.serde import Rejected, decode_event, encode
 
 
 def best_seconds(work: Callable[[], Any], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
+        # Each timing starts with no garbage left by the stage before it: without this, the stage that ran
+        # last in a round paid for the others' collections (score_batch with one decoder or the other was
+        # 0.75x or 1.54x the other depending only on which ran second).
+        gc.collect()
         started = time.perf_counter()
         work()
         best = min(best, time.perf_counter() - started)
@@ -52,6 +61,23 @@ def best_seconds(work: Callable[[], Any], repeats: int) -> float:
 
 
 T = TypeVar("T")
+
+
+def with_decoder(decoder: str, work: Callable[[], T]) -> Callable[[], T]:
+    """`work` with RIDESTREAM_DECODER set to `decoder` while it runs (read per batch by `decode_batch`)."""
+
+    def run() -> T:
+        before = os.environ.get(DECODER_ENV)
+        os.environ[DECODER_ENV] = decoder
+        try:
+            return work()
+        finally:
+            if before is None:
+                del os.environ[DECODER_ENV]
+            else:
+                os.environ[DECODER_ENV] = before
+
+    return run
 
 
 def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -101,6 +127,7 @@ def stage_costs(
     values: list[tuple[bytes, bytes]],
     batch_size: int,
     repeats: int,
+    rounds: dict[str, list[float]],
 ) -> dict[str, float]:
     """`scorer` predicts with the compiled trees, `baseline` with scikit-learn: both measured here, so the
     before/after ratio of each predict comes from one run."""
@@ -121,8 +148,23 @@ def stage_costs(
     progress_X = [
         progress_features(progress_columns_from_events(b)) for b in batches(progress, progress_batch)
     ]
+
+    # Batch after batch, each dropped before the next, as a service does: holding all 40,000 events' models
+    # at once made every garbage collection walk them, which is not a cost the service pays.
+    def planned() -> None:
+        for b in batches(records, batch_size):
+            plan_batch(b, scorer.scored_event_types, 64 * 1024)
+
+    def scored(with_scorer: TripDurationScorer) -> Callable[[], None]:
+        def run() -> None:
+            for b in batches(records, batch_size):
+                score_batch(b, with_scorer, "duration", 64 * 1024, now)
+
+        return run
+
     stages: dict[str, Callable[[], Any]] = {
-        "decode and validate": lambda: [decode_event(value) for _key, value in values],
+        "decode and validate: pydantic per record (before)": with_decoder("pydantic", planned),
+        "decode and validate: decode_batch (now)": with_decoder("columnar", planned),
         "feature matrices": lambda: (
             [start_features(start_columns_from_events(b)) for b in batches(started, start_batch)],
             [progress_features(progress_columns_from_events(b)) for b in batches(progress, progress_batch)],
@@ -141,20 +183,24 @@ def stage_costs(
         ],
         "encode: contract model + serialiser (before)": lambda: model_encoded(progress, now),
         "encode: encode_prediction (now)": lambda: direct_encoded(progress, now),
-        "score_batch, scikit-learn (before)": lambda: [
-            score_batch(b, baseline, "duration", 64 * 1024, now) for b in batches(records, batch_size)
-        ],
-        "score_batch (decode, features, predict, encode)": lambda: [
-            score_batch(b, scorer, "duration", 64 * 1024, now) for b in batches(records, batch_size)
-        ],
+        "score_batch, scikit-learn (before)": scored(baseline),
+        "score_batch, pydantic decode (before)": with_decoder("pydantic", scored(scorer)),
+        "score_batch (decode, features, predict, encode)": with_decoder("columnar", scored(scorer)),
     }
     # Rounds interleave the stages (each round runs every stage once), so a noisy spell of the machine
-    # slows a before and its after alike instead of one of them; each stage keeps its best round.
-    best = dict.fromkeys(stages, float("inf"))
-    for _round in range(repeats):
-        for name, work in stages.items():
-            best[name] = min(best[name], best_seconds(work, 1))
-    return {name: round(seconds / len(values) * 1e6, 3) for name, seconds in best.items()}
+    # slows a before and its after alike instead of one of them; each stage keeps its best round, and
+    # `rounds` keeps every round's µs for per-round ratios.
+    names = list(stages)
+    for round_ in range(repeats):
+        # (each round in a rotated order, so no stage always follows the same one)
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            rounds.setdefault(name, []).append(best_seconds(stages[name], 1) / len(values) * 1e6)
+    return {name: round(min(us), 3) for name, us in rounds.items()}
+
+
+def median_round_ratio(rounds: dict[str, list[float]], before: str, now: str) -> float:
+    """The median over rounds of before ÷ now, each pair measured back to back in one round."""
+    return round(statistics.median(b / n for b, n in zip(rounds[before], rounds[now])), 2)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -169,6 +215,14 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     lines += [f"| {name} | {us} |" for name, us in result["us_per_event"].items()]
     lines += ["", f"Encoding, before ÷ now: {result['encode_before_over_now']}x."]
+    lines += [
+        "Decode and validate, pydantic ÷ decode_batch (median of the rounds' ratios): "
+        f"{result['decode_before_over_now']}x."
+    ]
+    lines += [
+        "score_batch, pydantic decode ÷ decode_batch (median of the rounds' ratios): "
+        f"{result['score_batch_decode_before_over_now']}x."
+    ]
     lines += [f"score_batch, scikit-learn ÷ compiled: {result['score_batch_before_over_now']}x."]
     lines += [
         f"{name}, scikit-learn ÷ compiled: {ratio}x."
@@ -196,7 +250,8 @@ def main() -> None:
         baseline = load_scorer(models)
         del os.environ[PREDICTOR_ENV]
         values = encoded_events(args.events // 16 + 1, seed=7)[: args.events]
-        us = stage_costs(scorer, baseline, values, service_batch_size(), args.repeats)
+        rounds: dict[str, list[float]] = {}
+        us = stage_costs(scorer, baseline, values, service_batch_size(), args.repeats, rounds)
     result = {
         "batch_size": service_batch_size(),
         "events": len(values),
@@ -211,6 +266,16 @@ def main() -> None:
             )
             for name in (START_MODEL, PROGRESS_MODEL)
         },
+        # Median of the rounds' ratios (each round measures both, back to back): steadier on this
+        # machine than a ratio of two best rounds.
+        "decode_before_over_now": median_round_ratio(
+            rounds,
+            "decode and validate: pydantic per record (before)",
+            "decode and validate: decode_batch (now)",
+        ),
+        "score_batch_decode_before_over_now": median_round_ratio(
+            rounds, "score_batch, pydantic decode (before)", "score_batch (decode, features, predict, encode)"
+        ),
         "score_batch_before_over_now": round(
             us["score_batch, scikit-learn (before)"] / us["score_batch (decode, features, predict, encode)"],
             2,
