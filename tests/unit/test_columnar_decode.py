@@ -23,6 +23,7 @@ from schemas.events import RideCompleted, RideProgress, RideStarted
 from shared.columnar import (
     ALL_EVENT_TYPES,
     DECODER_ENV,
+    DECODERS,
     EVENT_MODELS,
     ContractDrift,
     DecodedRecord,
@@ -30,7 +31,9 @@ from shared.columnar import (
     decode_batch,
 )
 from shared.errors import ConfigError
+from shared.runner import RunnerConfig, ServiceRunner, plan_batch
 from shared.serde import Rejected, decode_event, encode
+from tests.component.fakes import EchoScorer, FakeConsumer, FakeProducer, record
 from tests.factories import ride_completed, ride_progress, ride_started
 from tests.integration.test_fleet import POISON
 
@@ -367,3 +370,23 @@ def test_a_contract_rule_the_decoder_does_not_know_stops_its_build() -> None:
 
     with pytest.raises(ContractDrift, match="validators"):
         _EventKind(Stricter)
+
+
+def test_the_runner_plans_a_batch_alike_with_either_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    values: list[bytes | None] = [*hostile()[:20], encode(ride_started()), encode(ride_progress())]
+    values += [encode(ride_completed()), b"x" * 70_000]  # (a completed ride is passed over; oversized)
+    records = [record(value, offset=offset) for offset, value in enumerate(values)]
+    plans = {}
+    for decoder in DECODERS:
+        monkeypatch.setenv(DECODER_ENV, decoder)
+        plans[decoder] = plan_batch(records, frozenset({"ride_started", "ride_progress"}), 64 * 1024)
+    columnar, pydantic = plans["columnar"], plans["pydantic"]
+    assert columnar.to_score == pydantic.to_score and len(columnar.to_score) == 2
+    assert columnar.refused == pydantic.refused and columnar.ignored == pydantic.ignored == ["ride_completed"]
+    assert columnar.undecoded == pydantic.undecoded
+
+
+def test_a_service_with_an_unknown_decoder_stops_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DECODER_ENV, "fastest")
+    with pytest.raises(ConfigError, match=DECODER_ENV):
+        ServiceRunner(FakeConsumer([]), FakeProducer(), EchoScorer(), RunnerConfig("tip", "out", "dlq"))
