@@ -64,25 +64,26 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted_without_a_person(
     outputs: list[dict[str, object]] = []
     try:
         wait_ready(instances)
+        # Each canary's rides are published once it has started: published before, on a loaded machine
+        # the service could score them all before the canary took effect, leaving it nothing to judge.
         first, second = split_load(load.events, (0.4, 0.6))
-        sent = threading.Event()
-        publish_at_rate(kafka_bootstrap, rides, first, RATE, sent)
-
         bad = ridestream(
             "deploy", "start", "cost", "--strategy", "canary", "--challenger", "3", *gates, *deploy_args
         )
         assert bad.returncode == 0, bad.stderr
+        sent = threading.Event()
+        publish_at_rate(kafka_bootstrap, rides, first, RATE, sent)
         rejected = wait_until_over(kafka_bootstrap, controller, instances)
         assert rejected.status == "rolled_back", rejected.decisions[-1]
         assert rejected.step < len(rejected.steps) - 1, "rolled back before its last step"
         assert "exceeds the champion's" in rejected.decisions[-1].reason
         assert registry.alias_version("cost", CHAMPION) == "1"
 
-        publish_next(kafka_bootstrap, rides, second, RATE, sent)  # the good canary's rides
         good = ridestream(
             "deploy", "start", "cost", "--strategy", "canary", "--challenger", "2", *gates, *deploy_args
         )
         assert good.returncode == 0, good.stderr
+        publish_next(kafka_bootstrap, rides, second, RATE, sent)
         promoted = wait_until_over(kafka_bootstrap, controller, instances)
         assert promoted.status == "promoted", promoted.decisions[-1]
         assert [d.action for d in promoted.decisions] == ["start", "advance", "promote"]
