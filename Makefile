@@ -35,15 +35,17 @@ lint: install
 # The CI test suite: the checks above, then every test but the ones marked slow (own broker clusters,
 # long fault loops); `make test-all` runs those too. Two workers (pytest-xdist), a test file each at a
 # time, each with its own broker: most tests wait on brokers and processes, so this fits CI's 20 minutes.
-# TEST_WORKERS=0 runs them in this one process.
+# Tests marked `serial` (they time pauses and exits) then run alone. TEST_WORKERS=0: all in one process.
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: lint broker-jars
-	$(BIN)/python -m pytest -m "not slow and not docker and not spark" $(PYTEST_PARALLEL) $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not docker and not spark and not serial" $(PYTEST_PARALLEL) $(ARGS)
+	$(BIN)/python -m pytest -m "serial and not slow and not docker" $(ARGS)
 
 test-all: lint broker-jars spark-extra
-	$(BIN)/python -m pytest -m "not docker" $(PYTEST_PARALLEL) $(ARGS)
+	$(BIN)/python -m pytest -m "not docker and not serial" $(PYTEST_PARALLEL) $(ARGS)
+	$(BIN)/python -m pytest -m "serial and not docker" $(ARGS)
 
 # The Spark engine (`batch score --engine spark`) in Spark's local mode against a real PostgreSQL: its own
 # target, because pyspark is a ~450 MB install (about 3 minutes of CI's 20).

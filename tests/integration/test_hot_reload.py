@@ -25,6 +25,9 @@ from shared.registry import ModelRegistry
 from stack.fleet import ServiceProcess, start_service, stop_service, wait_ready
 from tests.integration.topics import ridestream
 
+# Run after the parallel part of `make test`, alone on the machine: the swap's output pause is timed.
+pytestmark = pytest.mark.serial
+
 RATE = 500.0  # events/s: 1,000 rides (~17k events) take ~35 s, long enough for both alias moves
 SWITCH_S = 60.0
 

@@ -35,6 +35,9 @@ from stack.security import ADMIN
 from tests.integration.topics import REPO, drain
 from tests.integration.web import Http
 
+# Run after the parallel part of `make test`, alone on the machine: a fleet of principals, timed exits.
+pytestmark = pytest.mark.serial
+
 # What each scoring service scores: the expected outputs are the input topic's events of these types.
 SCORED = {
     "duration": {"ride_started", "ride_progress"},
