@@ -131,10 +131,6 @@ def started_fields(ride: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def started_event(ride: Mapping[str, Any]) -> RideStarted:
-    return RideStarted.model_validate(started_fields(ride))
-
-
 def alias_scorers(models: Path, alias: str) -> dict[str, Scorer]:
     """Each service's scorer at the registry's `alias` (plain artifact files have no aliases)."""
     if not registry_present(models):

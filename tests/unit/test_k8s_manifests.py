@@ -9,7 +9,6 @@ is its rendering); where kubectl is on the machine its built-in kustomize render
 from __future__ import annotations
 
 import copy
-import importlib
 import importlib.util
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from consumers.evaluator.service import EvaluatorSettings
 from consumers.registry import SERVICES
 from shared.runner import DEFAULT_FLUSH_TIMEOUT_S
 from shared.settings import KafkaSettings
+from stack.security import service_grants
 from tests.unit.test_metric_names import TARGET_LABELS, exported, selectors
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -43,8 +43,6 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     **{spec.env_prefix: spec.settings_class for spec in SERVICES},
 }
 OTHER_VARIABLES = {"MLFLOW_TRACKING_URI"}  # read by MLflow's client, not by a settings class of ours
-# Settings issue 15 section 1 adds to KafkaSettings (the CA of a TLS cluster); checked once it exists.
-PENDING = {"KAFKA_SSL_CA_LOCATION": "ssl_ca_location"}
 
 
 def resources() -> list[dict[str, Any]]:
@@ -188,9 +186,7 @@ def test_commands_are_real_entry_points_and_env_names_are_settings_fields() -> N
             assert importlib.util.find_spec(command[2] + ".__main__") is not None, name
         config = of_kind("ConfigMap")["ridestream-kafka"]["data"]
         for variable in [*config, *(e["name"] for e in container["env"])]:
-            if variable in OTHER_VARIABLES or (
-                variable in PENDING and PENDING[variable] not in KafkaSettings.model_fields
-            ):
+            if variable in OTHER_VARIABLES:
                 continue
             prefix = next((p for p in SETTINGS if variable.startswith(p)), None)
             assert prefix is not None, f"{name}: {variable} belongs to no settings class"
@@ -293,13 +289,9 @@ def test_every_user_authenticates_with_scram_and_every_deployment_uses_its_own()
 
 
 def test_kafka_users_carry_the_secured_broker_s_acl_plan() -> None:
-    try:
-        security = importlib.import_module("stack.security")
-    except ModuleNotFoundError:
-        pytest.skip("stack.security (issue 15 section 1) is not in this tree")
     plan = {
         user: {(g.operation, g.resource, g.name, g.pattern) for g in grants}
-        for user, grants in security.service_grants().items()
+        for user, grants in service_grants().items()
         if user != "producer"  # the replay tool: not deployed here (the backend publishes the rides)
     }
     assert kafka_user_acls() == plan
