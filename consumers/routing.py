@@ -12,7 +12,6 @@ first 8 bytes of BLAKE2b(ride_id) as a fraction of 2^64: the same in every proce
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ def with_variant(
         (VARIANT_HEADER, variant.encode()),
         (EPOCH_HEADER, str(epoch).encode()),
     ]
-    return dataclasses.replace(prediction, value=value, headers=headers, shadow=shadow)
+    return prediction._replace(value=value, headers=headers, shadow=shadow)
 
 
 class RoutedScorer:

@@ -14,14 +14,15 @@ contract model and re-encodes it to the same bytes, so the contract stays the on
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Annotated, Any, Protocol, TypeVar, runtime_checkable
+from itertools import compress
+from typing import Annotated, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
+import msgspec
 import numpy as np
 from pydantic import TypeAdapter
 from pydantic_core import to_json
@@ -34,7 +35,7 @@ from schemas.events import RideCompleted, RideProgress, RideStarted
 from schemas.predictions import CostPrediction, DurationPrediction, TipPrediction
 
 Event = RideStarted | RideProgress | RideCompleted
-EventT = TypeVar("EventT", RideStarted, RideProgress, RideCompleted)
+T = TypeVar("T")
 Prediction = DurationPrediction | TipPrediction | CostPrediction
 
 # Payment types for which the TLC records a tip: card (1) and unknown (5, mostly rows whose codes the TLC
@@ -53,9 +54,9 @@ class Predictor(Protocol):
     def predict(self, X: np.ndarray) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedPrediction:
-    """One prediction as it goes on the wire: keyed by its ride, valued by the contract's JSON."""
+class EncodedPrediction(NamedTuple):
+    """One prediction as it goes on the wire: keyed by its ride, valued by the contract's JSON. (A tuple: one
+    is built per prediction, and a frozen dataclass's __init__ cost ~1 µs of the ~8 a process has.)"""
 
     ride_id: str
     key: bytes
@@ -109,6 +110,90 @@ def encode_prediction(
         **values,
     }
     return EncodedPrediction(event.ride_id, event.ride_id.encode(), to_json(fields), contract)
+
+
+# The fields every prediction starts with, in the contract's order (`variant` is left out when None, and
+# with_variant puts it in); the contract's own value fields follow `prediction_type`.
+COMMON_FIELDS: tuple[str, ...] = (
+    "schema_version",
+    "ride_id",
+    "source_event_id",
+    "source_event_type",
+    "source_event_time",
+    "model_name",
+    "model_version",
+    "produced_at",
+)
+# pydantic-core writes a float's exponent as "e+16", msgspec as "e16"; below 1e16 both write the same
+# shortest repr (tests/unit/test_scorers.py holds them byte for byte). Above it, pydantic encodes the row.
+_SAME_FLOAT_TEXT_BELOW = 1e16
+
+
+class ContractDrift(TypeError):
+    """The prediction contract has fields this encoder does not know how to write: extend it first."""
+
+
+class PredictionEncoder:
+    """A contract's predictions, a batch at a time, by msgspec: one Struct per prediction, built from the
+    contract's fields in its order, and one `encode_lines` for the batch. Byte for byte what the contract
+    model writes (pydantic encodes any row with a float msgspec would spell differently), at ~0.5 µs a
+    prediction instead of `encode_prediction`'s ~3."""
+
+    def __init__(self, contract: type[Prediction]) -> None:
+        names = [name for name in contract.model_fields if name != "variant"]
+        if (
+            tuple(names[: len(COMMON_FIELDS)]) != COMMON_FIELDS
+            or names[len(COMMON_FIELDS)] != "prediction_type"
+        ):
+            raise ContractDrift(
+                f"{contract.__name__}: fields {names} are not the common ones, then the values"
+            )
+        self.value_fields = tuple(names[len(COMMON_FIELDS) + 1 :])
+        if any(contract.model_fields[name].annotation is not float for name in self.value_fields):
+            raise ContractDrift(f"{contract.__name__}: a value field that is not a float")
+        self.contract = contract
+        self.prediction_type = PREDICTION_TYPES[contract]
+        self.struct: type[msgspec.Struct] = msgspec.defstruct(
+            f"{contract.__name__}Wire", [(name, Any) for name in names], gc=False
+        )
+        self._encoder = msgspec.json.Encoder()
+
+    def encode(
+        self,
+        events: Sequence[Any],
+        model_name: str,
+        model_version: str,
+        produced_at: datetime,
+        values: Sequence[np.ndarray],
+    ) -> list[EncodedPrediction]:
+        """One prediction per event; `values` holds one finite column per value field, in the contract's
+        order."""
+        if not events:
+            return []
+        columns = [column.tolist() for column in values]
+        wire = self.struct
+        head = (model_name, model_version, produced_at, self.prediction_type)
+        rows = [
+            wire(SCHEMA_VERSION, e.ride_id, e.event_id, e.event_type, e.event_time, *head, *numbers)
+            for e, numbers in zip(events, zip(*columns))
+        ]
+        lines = self._encoder.encode_lines(rows).split(b"\n")
+        encoded = [
+            EncodedPrediction(e.ride_id, e.ride_id.encode(), line, self.contract)
+            for e, line in zip(events, lines)
+        ]
+        too_big = np.flatnonzero(np.logical_or.reduce([np.abs(c) >= _SAME_FLOAT_TEXT_BELOW for c in values]))
+        for row in too_big.tolist():
+            fields = dict(zip(self.value_fields, (column[row] for column in columns)))
+            encoded[row] = encode_prediction(
+                self.contract, events[row], model_name, model_version, produced_at, **fields
+            )
+        return encoded
+
+
+@cache
+def prediction_encoder(contract: type[Prediction]) -> PredictionEncoder:
+    return PredictionEncoder(contract)
 
 
 @dataclass
@@ -173,19 +258,19 @@ def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -
     ]
 
 
-def record_outcome(
-    result: ScoreResult,
-    position: int,
-    event: EventT,
-    value: float,
-    model_name: str,
-    build: Callable[[EventT, float], EncodedPrediction],
-) -> None:
-    """Append the event's prediction, or its failure (at `position`) when the model's number is not finite."""
-    if math.isfinite(value):
-        result.predictions.append(build(event, value))
-    else:
-        result.failures.append((position, unscoreable_reason(value, model_name)))
+def finite_rows(
+    result: ScoreResult, positions: Sequence[int], numbers: np.ndarray, model_name: str
+) -> np.ndarray:
+    """Which rows the model gave a finite number (a mask); each other row becomes a failure at its position
+    among the events the scorer was handed."""
+    finite: np.ndarray = np.isfinite(numbers)
+    for row in np.flatnonzero(~finite).tolist():
+        result.failures.append((positions[row], unscoreable_reason(float(numbers[row]), model_name)))
+    return finite
+
+
+def kept(items: Sequence[T], mask: np.ndarray) -> list[T]:
+    return list(items) if mask.all() else list(compress(items, mask.tolist()))
 
 
 PostProcess = Callable[[np.ndarray, StartColumns], np.ndarray]
@@ -232,6 +317,11 @@ class StartScorer:
         self.model = model
         self.model_version = model_version
         check_labels(contract, model_name, model_version)
+        self.encoder = prediction_encoder(contract)
+        if self.encoder.value_fields != (value_field,):
+            raise ContractDrift(
+                f"{contract.__name__}: value fields {self.encoder.value_fields}, not {value_field}"
+            )
 
     @property
     def pickup_model(self) -> tuple[str, str]:
@@ -242,20 +332,12 @@ class StartScorer:
 
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
         result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
-        started = [(position, e) for position, e in enumerate(events) if isinstance(e, RideStarted)]
-        columns = start_columns_from_events([e for _, e in started])
+        positions = [position for position, e in enumerate(events) if e.event_type == "ride_started"]
+        started = [events[position] for position in positions]
+        columns = start_columns_from_events(started)  # type: ignore[arg-type]
         values = self.at_pickup(columns, start_features(columns))
-
-        def prediction(event: RideStarted, value: float) -> EncodedPrediction:
-            return encode_prediction(
-                self.contract,
-                event,
-                self.model_name,
-                self.model_version,
-                produced_at,
-                **{self.value_field: value},
-            )
-
-        for (position, event), value in zip(started, values.tolist()):
-            record_outcome(result, position, event, value, self.model_name, prediction)
+        finite = finite_rows(result, positions, values, self.model_name)
+        result.predictions = self.encoder.encode(
+            kept(started, finite), self.model_name, self.model_version, produced_at, [values[finite]]
+        )
         return result

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from schemas.control import Deployment, SwitchRecord, switch_key
-from shared.columnar import DecodedRecord, decode_batch, decoder_kind
+from shared.columnar import DecodedRecord, EventView, decode_batch, decoder_kind
 from shared.dead_letter import DeadLetter, dead_letter_for
 from shared.errors import KafkaUnavailableError
 from shared.guarantees import AtLeastOnce, DeliveryLedger, IntervalCommitter
@@ -75,10 +75,11 @@ class RunStats:
 
 
 class Decoded(NamedTuple):
-    """A record that decoded into an event this service scores."""
+    """A record that decoded into an event this service scores: its contract model, or the decoder's view of
+    it (same attributes)."""
 
     record: InputRecord
-    event: RideEventModel
+    event: RideEventModel | EventView
 
 
 class Refused(NamedTuple):
@@ -164,7 +165,8 @@ def plan_batch(records: Sequence[InputRecord], scored_types: frozenset[str], max
     reason) or ignored."""
     plan = BatchPlan()
     sized = [record for record in records if record.value is None or len(record.value) <= max_payload]
-    decoded_sized = iter(decode_batch([record.value for record in sized], scored_types))
+    # Views, not models: the scorers read attributes, and building a model nobody keeps cost ~1.8 µs an event.
+    decoded_sized = iter(decode_batch([record.value for record in sized], scored_types, views=True))
     for record in records:
         value = record.value
         decoded: DecodedRecord = (

@@ -31,12 +31,12 @@ from consumers.scoring import (
     Predictor,
     ScoreResult,
     check_labels,
-    encode_prediction,
+    finite_rows,
+    kept,
     not_scored_failures,
     predict_rows,
-    record_outcome,
+    prediction_encoder,
 )
-from schemas.events import RideProgress, RideStarted
 from schemas.predictions import DurationPrediction
 
 START_MODEL = "duration"
@@ -69,50 +69,42 @@ class TripDurationScorer:
 
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
         result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
-        started = [e for e in events if isinstance(e, RideStarted)]
-        progress = [e for e in events if isinstance(e, RideProgress)]
-        start_columns = start_columns_from_events(started)
+        start_at = [position for position, e in enumerate(events) if e.event_type == "ride_started"]
+        progress_at = [position for position, e in enumerate(events) if e.event_type == "ride_progress"]
+        started = [events[position] for position in start_at]
+        progress = [events[position] for position in progress_at]
+        start_columns = start_columns_from_events(started)  # type: ignore[arg-type]
         totals = self.at_pickup(start_columns, start_features(start_columns))
+        progress_columns = progress_columns_from_events(progress)  # type: ignore[arg-type]
         # (an estimate, or a batch of pickups only, has no progress rows to build features for)
         left = (
-            np.maximum(
-                predict_rows(self.progress_model, progress_features(progress_columns_from_events(progress))),
-                0.0,
-            )
+            np.maximum(predict_rows(self.progress_model, progress_features(progress_columns)), 0.0)
             if progress
             else np.empty(0)
         )
-
-        def start_prediction(event: RideStarted, minutes: float) -> EncodedPrediction:
-            return encode_prediction(
-                DurationPrediction,
-                event,
-                START_MODEL,
-                self.start_version,
-                produced_at,
-                predicted_duration_minutes=minutes,
-                predicted_remaining_minutes=minutes,
-                elapsed_seconds=0.0,
-            )
-
-        def progress_prediction(event: RideProgress, minutes_left: float) -> EncodedPrediction:
-            return encode_prediction(
-                DurationPrediction,
-                event,
-                PROGRESS_MODEL,
-                self.progress_version,
-                produced_at,
-                predicted_duration_minutes=event.elapsed_seconds / 60.0 + minutes_left,
-                predicted_remaining_minutes=minutes_left,
-                elapsed_seconds=event.elapsed_seconds,
-            )
-
-        next_total, next_left = iter(totals.tolist()), iter(left.tolist())
-        for position, event in enumerate(events):
-            if isinstance(event, RideStarted):
-                record_outcome(result, position, event, next(next_total), START_MODEL, start_prediction)
-            elif isinstance(event, RideProgress):
-                record_outcome(result, position, event, next(next_left), PROGRESS_MODEL, progress_prediction)
+        start_ok = finite_rows(result, start_at, totals, START_MODEL)
+        progress_ok = finite_rows(result, progress_at, left, PROGRESS_MODEL)
+        result.failures.sort()  # (in event order, as each was found)
+        encoder = prediction_encoder(DurationPrediction)
+        total, elapsed, minutes_left = totals[start_ok], progress_columns.elapsed_seconds, left[progress_ok]
+        elapsed = elapsed[progress_ok]
+        at_start = encoder.encode(
+            kept(started, start_ok), START_MODEL, self.start_version, produced_at,
+            [total, total, np.zeros(len(total))],
+        )  # fmt: skip
+        on_the_way = encoder.encode(
+            kept(progress, progress_ok), PROGRESS_MODEL, self.progress_version, produced_at,
+            [elapsed / 60.0 + minutes_left, minutes_left, elapsed],
+        )  # fmt: skip
+        # Back in the order of the events, so a ride's start estimate never follows its updates.
+        ordered: list[EncodedPrediction | None] = [None] * len(events)
+        for positions, predictions in (
+            (kept(start_at, start_ok), at_start),
+            (kept(progress_at, progress_ok), on_the_way),
+        ):
+            for position, prediction in zip(positions, predictions):
+                ordered[position] = prediction
+        result.predictions = [prediction for prediction in ordered if prediction is not None]
         return result
 
 

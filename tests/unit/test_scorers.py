@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.linear_model import LinearRegression
 
@@ -22,12 +25,13 @@ from consumers.features import (
     start_columns_from_trips,
     start_features,
 )
-from consumers.scoring import ScoreResult
+from consumers.scoring import ScoreResult, prediction_encoder
 from consumers.tip.scorer import load_scorer as load_tip
 from consumers.tip.scorer import tip_scorer
 from consumers.training import train_models
 from producer.synthetic import synthesize_trips
 from schemas.events import RideProgress, RideStarted
+from schemas.predictions import CostPrediction, DurationPrediction, TipPrediction
 from shared.errors import ModelArtifactError
 from shared.models import artifact_path
 from shared.serde import encode
@@ -237,3 +241,56 @@ def test_every_prediction_a_scorer_encodes_is_what_the_contract_model_would_writ
             model = prediction.decoded()
             assert encode(model) == prediction.value
             assert prediction.key == model.ride_id.encode() == prediction.ride_id.encode()
+
+
+IDENTIFIERS = st.text(alphabet=st.sampled_from("abcXYZ019_.:-"), min_size=1, max_size=128)
+TIMES = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2099, 12, 31), timezones=st.just(UTC))
+LABELS = st.text(min_size=1, max_size=64)
+VALUES = st.one_of(
+    st.floats(min_value=0.0, allow_nan=False, allow_infinity=False),
+    st.floats(min_value=0.0, max_value=1e4),
+    st.sampled_from([0.0, -0.0, 1e-7, 9.999999999999998e15, 1e16, 1.5e300]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([DurationPrediction, TipPrediction, CostPrediction]),
+    st.lists(
+        st.tuples(IDENTIFIERS, IDENTIFIERS, TIMES, st.lists(VALUES, min_size=3, max_size=3)), max_size=8
+    ),
+    LABELS,
+    LABELS,
+    TIMES,
+    st.sampled_from(["ride_started", "ride_progress"]),
+)
+def test_the_typed_encoder_writes_what_the_contract_model_writes_byte_for_byte(
+    contract: Any,
+    rows: list[tuple[str, str, datetime, list[float]]],
+    model_name: str,
+    model_version: str,
+    produced_at: datetime,
+    event_type: str,
+) -> None:
+    """Any ids, labels, times and non-negative floats (huge ones too, whose exponent msgspec spells
+    otherwise): the batch encoder's bytes are the contract model's, row by row, keyed by the ride."""
+    encoder = prediction_encoder(contract)
+    events = [
+        SimpleNamespace(ride_id=ride, event_id=event, event_type=event_type, event_time=time)
+        for ride, event, time, _ in rows
+    ]
+    columns = [np.array([values[i] for *_, values in rows]) for i in range(len(encoder.value_fields))]
+    encoded = encoder.encode(events, model_name, model_version, produced_at, columns)
+    assert len(encoded) == len(rows)
+    for prediction, (ride, event, time, values) in zip(encoded, rows):
+        model = contract(
+            ride_id=ride,
+            source_event_id=event,
+            source_event_type=event_type,
+            source_event_time=time,
+            model_name=model_name,
+            model_version=model_version,
+            produced_at=produced_at,
+            **dict(zip(encoder.value_fields, values)),
+        )
+        assert prediction.value == encode(model) and prediction.key == ride.encode()
