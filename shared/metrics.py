@@ -11,9 +11,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,12 +24,59 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
 
 # Event-time → prediction latency buckets, seconds: the 50 ms target sits in the middle.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# How many of the latest latencies the p99 an instance reports is taken over.
+RECENT_LATENCIES = 5000
 BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class BatchHistogram(Collector):
+    """A histogram of one labelled series, observed a batch of values at a time: one `searchsorted` and
+    `bincount` per batch, where prometheus_client's `observe` takes a lock and scans the buckets once per
+    value (~1 µs an event, an eighth of what a process has at its target rate). Exported as prometheus_client
+    exports a Histogram: `_bucket` (cumulative, `le` bounds as it spells them), `_count` and `_sum`."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: tuple[str, str],
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.bounds = np.array([*buckets, float("inf")], dtype=np.float64)
+        self.counts = np.zeros(len(self.bounds), dtype=np.int64)
+        self.sum = 0.0
+        self.lock = threading.Lock()  # (the HTTP thread collects while the loop observes)
+        registry.register(self)
+
+    def observe(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        # bucket i holds the values v with bounds[i-1] < v <= bounds[i], Prometheus' `le`
+        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds))
+        with self.lock:
+            self.counts += counts
+            # added one by one, in order, as `observe` would (cumsum is sequential, sum() is pairwise)
+            self.sum = float(np.cumsum(np.concatenate(([self.sum], values)))[-1])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self.lock:
+            cumulative, total = np.cumsum(self.counts).tolist(), self.sum
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label[0]])
+        # (`le` spelled as prometheus_client's own Histogram spells it)
+        spelled: list[str] = [floatToGoString(bound) for bound in self.bounds.tolist()]  # type: ignore[no-untyped-call]
+        buckets = list(zip(spelled, cumulative))
+        family.add_metric([self.label[1]], buckets, sum_value=total)
+        yield family
 
 
 class ServiceMetrics:
@@ -70,12 +118,12 @@ class ServiceMetrics:
             ["service"],
             registry=r,
         )
-        self.latency = Histogram(
+        self.latency = BatchHistogram(
             "ridestream_event_to_prediction_seconds",
             "Input record timestamp to prediction produced",
-            ["service"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("service", service),
+            LATENCY_BUCKETS,
+            r,
         )
         self.lag = Gauge(
             "ridestream_consumer_lag",
@@ -101,7 +149,7 @@ class ServiceMetrics:
         self.service = service
         self.serving: dict[str, str] = {}
         # the latest latencies, for the p99 an instance reports to the rollout controller
-        self.recent_latencies_s: deque[float] = deque(maxlen=5000)
+        self.recent_latencies_s: deque[float] = deque(maxlen=RECENT_LATENCIES)
         self.last_loop = time.monotonic()
         self.ready = False
 
@@ -125,13 +173,11 @@ class ServiceMetrics:
     def on_dead_letter(self, reason: str, count: int = 1) -> None:
         self.dead_lettered.labels(self.service, reason).inc(count)
 
-    def on_batch(self, size: int, seconds: float, latencies_s: Iterable[float]) -> None:
+    def on_batch(self, size: int, seconds: float, latencies_s: np.ndarray) -> None:
         self.batch_size.labels(self.service).observe(size)
         self.batch_seconds.labels(self.service).observe(seconds)
-        histogram = self.latency.labels(self.service)
-        for latency in latencies_s:
-            histogram.observe(latency)
-            self.recent_latencies_s.append(latency)
+        self.latency.observe(latencies_s)
+        self.recent_latencies_s.extend(latencies_s[-RECENT_LATENCIES:].tolist())
 
     def recent_p99_ms(self) -> float | None:
         if not self.recent_latencies_s:

@@ -8,6 +8,8 @@ written once against plain attributes instead of each engine imitating confluent
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import groupby
+from operator import attrgetter
 from typing import NamedTuple
 
 # As confluent-kafka types them (a header value may be text or absent), so that our records can be produced.
@@ -39,10 +41,15 @@ class OffsetRange(NamedTuple):
 def offset_ranges(records: Sequence[InputRecord]) -> list[OffsetRange]:
     """Per partition, the first offset in `records` and one past the highest (what a commit covers)."""
     spans: dict[tuple[str, int], tuple[int, int]] = {}
-    for record in records:
-        key = (record.topic, record.partition)
-        first, last = spans.get(key, (record.offset, record.offset))
-        spans[key] = (min(first, record.offset), max(last, record.offset))
+    # A fetch hands out each partition's records as one run: one min/max per run, not a dict per record.
+    for key, run in groupby(records, key=_partition_of):
+        offsets = [record.offset for record in run]
+        low, high = min(offsets), max(offsets)
+        first, last = spans.get(key, (low, high))
+        spans[key] = (min(first, low), max(last, high))
     return [
         OffsetRange(topic, partition, first, last + 1) for (topic, partition), (first, last) in spans.items()
     ]
+
+
+_partition_of = attrgetter("topic", "partition")

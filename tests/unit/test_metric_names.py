@@ -15,14 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from consumers.evaluator.join import FigureKey, Sums
 from consumers.evaluator.service import EvaluatorMetrics
 from consumers.web import WebMetrics
-from shared.metrics import ServiceMetrics
+from shared.metrics import LATENCY_BUCKETS, BatchHistogram, ServiceMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -75,7 +76,7 @@ def exported() -> dict[str, set[str]]:
     service.on_event("ride_started")
     service.on_ignored("ride_progress")
     service.on_dead_letter("invalid_json")
-    service.on_batch(1, 0.01, [0.02])
+    service.on_batch(1, 0.01, np.array([0.02]))
     service.on_predictions(1)
     service.on_lag("rides.events", 0, 10)
     service.on_model_swapped("tip", "abc", "tip=2")
@@ -196,3 +197,23 @@ def test_every_label_they_select_on_is_one_the_metric_carries() -> None:
 def test_a_misspelt_name_or_label_is_caught(expr: str) -> None:
     code = exported()
     assert any(name not in code or labels - code[name] - TARGET_LABELS for name, labels in selectors(expr))
+
+
+def test_a_batch_histogram_exports_what_prometheus_clients_histogram_exports_for_the_same_values() -> None:
+    """Values on and around every bound, observed a batch at a time: the same `_bucket`, `_count` and `_sum`
+    lines as prometheus_client's Histogram fed the values one by one."""
+    bounds = np.array(LATENCY_BUCKETS)
+    values = np.concatenate([bounds, np.nextafter(bounds, 0), np.nextafter(bounds, np.inf), [0.0, 1e6]])
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batched = BatchHistogram("latency_seconds", "doc", ("service", "tip"), LATENCY_BUCKETS, ours)
+    reference = Histogram("latency_seconds", "doc", ["service"], buckets=LATENCY_BUCKETS, registry=theirs)
+    for part in np.array_split(values, 4):
+        batched.observe(part)
+    for value in values.tolist():
+        reference.labels("tip").observe(value)
+
+    def series(registry: CollectorRegistry) -> list[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        return [line for line in lines if line.startswith("latency_seconds_") and "_created" not in line]
+
+    assert series(ours) == series(theirs) and len(series(ours)) == len(LATENCY_BUCKETS) + 3
