@@ -8,11 +8,12 @@ timing after a garbage collection, so background noise inflates nothing):
 decode and validate, feature matrices, each model's predict, encoding the predictions, and `score_batch`
 as a whole. Decoding is measured both ways, as `plan_batch` does it for the duration service: pydantic
 per record (`RIDESTREAM_DECODER=pydantic`, before) and `shared.columnar.decode_batch` (now), and so is
-`score_batch`. Predicts and `score_batch` are measured with scikit-learn and with the compiled trees
+`score_batch`; `decode_batch` itself both ways: into contract models (before) and into the views the
+scorers read (now). Predicts and `score_batch` are measured with scikit-learn and with the compiled trees
 (consumers/compiled.py) in the same invocation, so their ratio is fair on a noisy machine; encoding is too,
-two ways: building each contract model and serialising it (what the scorers did before), and
-`encode_prediction` (what they do now). The rest of a service's CPU is the Kafka client's (compare
-`cpu_s_per_1k_events` of the passthrough in results/bench.json).
+three ways: building each contract model and serialising it, `encode_prediction` one prediction at a time
+(both before), and the contract's typed encoder a batch at a time (now). The rest of a service's CPU is the
+Kafka client's (compare `cpu_s_per_1k_events` of the passthrough in results/bench.json).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from bench.consumers import encoded_events, service_batch_size, train_bench_models
 from bench.peers import PeerRecord
 from consumers.compiled import PREDICTOR_ENV
@@ -39,10 +42,10 @@ from consumers.features import (
     start_columns_from_events,
     start_features,
 )
-from consumers.scoring import encode_prediction, predict_rows
+from consumers.scoring import encode_prediction, predict_rows, prediction_encoder
 from schemas.events import RideProgress, RideStarted
 from schemas.predictions import DurationPrediction
-from shared.columnar import DECODER_ENV
+from shared.columnar import DECODER_ENV, decode_batch
 from shared.runner import plan_batch, score_batch
 from shared.serde import Rejected, decode_event, encode
 
@@ -105,6 +108,14 @@ def model_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list
     ]
 
 
+def batch_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list[bytes]:
+    """Now: the contract's typed encoder, a batch at a time (what the scorers call)."""
+    columns = [np.full(len(events), 12.5), np.full(len(events), 3.5)]
+    columns.append(np.array([e.elapsed_seconds for e in events], dtype=np.float64))
+    encoder = prediction_encoder(DurationPrediction)
+    return [p.value for p in encoder.encode(events, PROGRESS_MODEL, "v1", produced_at, columns)]
+
+
 def direct_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list[bytes]:
     return [
         encode_prediction(
@@ -155,6 +166,15 @@ def stage_costs(
         for b in batches(records, batch_size):
             plan_batch(b, scorer.scored_event_types, 64 * 1024)
 
+    payloads = [value for _key, value in values]
+
+    def decoded_batches(views: bool) -> Callable[[], None]:
+        def run() -> None:
+            for b in batches(payloads, batch_size):
+                decode_batch(b, scorer.scored_event_types, views=views)
+
+        return run
+
     def scored(with_scorer: TripDurationScorer) -> Callable[[], None]:
         def run() -> None:
             for b in batches(records, batch_size):
@@ -165,6 +185,8 @@ def stage_costs(
     stages: dict[str, Callable[[], Any]] = {
         "decode and validate: pydantic per record (before)": with_decoder("pydantic", planned),
         "decode and validate: decode_batch (now)": with_decoder("columnar", planned),
+        "decode_batch into models (before)": decoded_batches(views=False),
+        "decode_batch into views (now)": decoded_batches(views=True),
         "feature matrices": lambda: (
             [start_features(start_columns_from_events(b)) for b in batches(started, start_batch)],
             [progress_features(progress_columns_from_events(b)) for b in batches(progress, progress_batch)],
@@ -182,7 +204,8 @@ def stage_costs(
             predict_rows(scorer.progress_model, X) for X in progress_X
         ],
         "encode: contract model + serialiser (before)": lambda: model_encoded(progress, now),
-        "encode: encode_prediction (now)": lambda: direct_encoded(progress, now),
+        "encode: encode_prediction, one at a time (before)": lambda: direct_encoded(progress, now),
+        "encode: typed encoder, a batch at a time (now)": lambda: batch_encoded(progress, now),
         "score_batch, scikit-learn (before)": scored(baseline),
         "score_batch, pydantic decode (before)": with_decoder("pydantic", scored(scorer)),
         "score_batch (decode, features, predict, encode)": with_decoder("columnar", scored(scorer)),
@@ -214,7 +237,14 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---:|",
     ]
     lines += [f"| {name} | {us} |" for name, us in result["us_per_event"].items()]
-    lines += ["", f"Encoding, before ÷ now: {result['encode_before_over_now']}x."]
+    lines += ["", f"Encoding, contract model ÷ typed encoder: {result['encode_before_over_now']}x."]
+    lines += [
+        "Encoding, encode_prediction ÷ typed encoder (median of the rounds' ratios): "
+        f"{result['encode_one_by_one_over_now']}x."
+    ]
+    lines += [
+        f"decode_batch, models ÷ views (median of the rounds' ratios): {result['decode_models_over_views']}x."
+    ]
     lines += [
         "Decode and validate, pydantic ÷ decode_batch (median of the rounds' ratios): "
         f"{result['decode_before_over_now']}x."
@@ -258,7 +288,17 @@ def main() -> None:
         "repeats": args.repeats,
         "us_per_event": us,
         "encode_before_over_now": round(
-            us["encode: contract model + serialiser (before)"] / us["encode: encode_prediction (now)"], 2
+            us["encode: contract model + serialiser (before)"]
+            / us["encode: typed encoder, a batch at a time (now)"],
+            2,
+        ),
+        "encode_one_by_one_over_now": median_round_ratio(
+            rounds,
+            "encode: encode_prediction, one at a time (before)",
+            "encode: typed encoder, a batch at a time (now)",
+        ),
+        "decode_models_over_views": median_round_ratio(
+            rounds, "decode_batch into models (before)", "decode_batch into views (now)"
         ),
         "predict_before_over_now": {
             f"predict {name}": round(
