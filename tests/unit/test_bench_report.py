@@ -39,11 +39,11 @@ def test_every_contender_leads_one_round_in_turn() -> None:
 def test_the_targets_table_marks_a_missed_ratio_and_a_met_latency() -> None:
     result = {
         "ratios": {"ridestream-alo/passthrough": 0.25},
-        "contenders": {"ridestream-alo": contender(50_000, 38.0)},
+        "contenders": {"ridestream-alo": contender(50_000, 18.0)},
     }
     rows = "\n".join(targets_table(result))
     assert "| at-least-once events/s ÷ passthrough | 0.25 | ≥ 0.6 | ✗ |" in rows
-    assert "| at-least-once p99 ms @ 5,000/s | 38 | ≤ 50 | ✓ |" in rows
+    assert "| at-least-once p99 ms @ 5,000/s | 18 | ≤ 25 | ✓ |" in rows
     assert "Quix" not in rows  # a contender that did not run is not judged
 
 
@@ -56,3 +56,14 @@ def test_the_report_shows_the_latency_at_max_with_its_offered_rate() -> None:
     alo = {**contender(50_000, 38.0), "latency_at_max": {"offered_per_s": 45_000.0, "p99_ms": 107.0}}
     text = markdown({"rates": [5000.0], "contenders": {"ridestream-alo": alo}, "ratios": {}})
     assert "p99 ms @ max (offered/s)" in text and "| 38 | 107 (45,000) |" in text
+
+
+def test_cpu_per_event_is_judged_against_the_passthroughs_own() -> None:
+    result = {
+        "ratios": {},
+        "contenders": {
+            "passthrough": {**contender(200_000), "cpu_s_per_1k_events": 0.004},
+            "ridestream-alo": {**contender(50_000), "cpu_s_per_1k_events": 0.02},
+        },
+    }
+    assert "| CPU per event, at-least-once ÷ passthrough | 5 | ≤ 2 | ✗ |" in "\n".join(targets_table(result))
