@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import msgspec
+
 from consumers.scoring import EncodedPrediction, Event, ScoreResult
 from shared.protocols import Scorer
 
@@ -46,7 +48,7 @@ def with_variant(
         (VARIANT_HEADER, variant.encode()),
         (EPOCH_HEADER, str(epoch).encode()),
     ]
-    return prediction._replace(value=value, headers=headers, shadow=shadow)
+    return msgspec.structs.replace(prediction, value=value, headers=headers, shadow=shadow)
 
 
 class RoutedScorer:

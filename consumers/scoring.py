@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from itertools import compress
-from typing import Annotated, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import Annotated, Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 import numpy as np
@@ -54,9 +54,10 @@ class Predictor(Protocol):
     def predict(self, X: np.ndarray) -> Any: ...
 
 
-class EncodedPrediction(NamedTuple):
-    """One prediction as it goes on the wire: keyed by its ride, valued by the contract's JSON. (A tuple: one
-    is built per prediction, and a frozen dataclass's __init__ cost ~1 µs of the ~8 a process has.)"""
+class EncodedPrediction(msgspec.Struct, frozen=True, gc=False):
+    """One prediction as it goes on the wire: keyed by its ride, valued by the contract's JSON. (A msgspec
+    Struct: one is built per prediction, and a frozen dataclass's __init__ (~1 µs) or a NamedTuple's Python
+    `__new__` were a visible share of a process's time in the profile, results/service-profile.md.)"""
 
     ride_id: str
     key: bytes

@@ -391,18 +391,22 @@ def records_of(messages: Sequence[Message]) -> list[InputRecord]:
             log.warning("consumer error (will retry): %s", error)
             continue
         headers = message.headers()
-        records.append(
-            InputRecord(
-                message.topic() or "",
-                message.partition() or 0,
-                message.offset() or 0,
-                message.key(),
-                message.value(),
-                list(headers.items()) if isinstance(headers, dict) else headers,
-                message.timestamp()[1],
-            )
+        fields = (
+            message.topic() or "",
+            message.partition() or 0,
+            message.offset() or 0,
+            message.key(),
+            message.value(),
+            list(headers.items()) if isinstance(headers, dict) else headers,
+            message.timestamp()[1],
         )
+        # tuple.__new__: InputRecord(...) goes through the NamedTuple's generated Python __new__, twice
+        # the cost per consumed record (~0.2 µs, ~2% of a busy loop).
+        records.append(_new_tuple(InputRecord, fields))
     return records
+
+
+_new_tuple = tuple.__new__
 
 
 class KafkaRecordConsumer:
