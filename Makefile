@@ -74,11 +74,13 @@ faults: broker-jars
 	$(BIN)/python -m bench.faults $(ARGS)
 
 # Consumer benchmark against the raw client's ceiling and the peers, with a 1M-event memory soak:
-# writes results/bench.{json,md,png}; then the per-stage CPU costs: results/scoring-costs.{json,md}.
+# writes results/bench.{json,md,png}; then the per-stage CPU costs: results/scoring-costs.{json,md}; then
+# a py-spy profile of the service draining a backlog: results/service-profile.{md,txt}.
 BENCH_ARGS ?= --soak 1000000
 bench: broker-jars
 	$(BIN)/python -m bench.consumers $(BENCH_ARGS) $(ARGS)
 	$(BIN)/python -m bench.scoring_costs
+	$(BIN)/python -m bench.profile_service
 
 bench-producer: broker-jars
 	$(BIN)/python -m bench.producer $(ARGS)

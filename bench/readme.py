@@ -3,7 +3,7 @@
     python -m bench.readme
 
 Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` with results/<file>.md for
-NAME in bench, faults, producer, costs, web, batch (any doc that has the markers).
+NAME in bench, faults, producer, costs, profile, web, batch (any doc that has the markers).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ SECTIONS = {
     "faults": "results/faults.md",
     "producer": "results/producer.md",
     "costs": "results/scoring-costs.md",
+    "profile": "results/service-profile.md",
     "web": "results/web.md",
     "batch": "results/batch.md",
 }
