@@ -16,8 +16,26 @@ process whichever path it takes. (treelite/tl2cgen were measured first: their im
 scikit-learn 1.9's boosters, sends unknown categories down the wrong side, differs by 1e-14, takes 10-80 s
 of gcc per model and is slower than scikit-learn on 1,000 rows.)
 
+The arrays are laid out for the walk (`flatten_trees`): int32 indices, a leaf marked by feature -1 (no
+is_leaf array), no left array (scikit-learn numbers its nodes depth first, so a split's left child is the
+node after it: checked, and a booster where it is not is left to scikit-learn), and one 256-bit table per
+categorical split that already says where every category goes (left, right, or the missing side when
+training never saw it), where the walk used to test the split's own bitset and then the feature's known
+categories. Against the previous layout (7 arrays a node, int64, two bitsets), in the same run, on the
+four served models fit on TLC green 2021-01 and rows of 2021-02: the kernel 1.2x (duration) to 1.27x
+(cost) faster on 2,000 and 20,000 rows, ~53 → ~43 ns per tree per row, and 1.5-1.6x on one row; a whole
+`predict` of all four models 1.15-1.25x on 2,000 and 20,000 rows and 1.27x on one (two runs on a loaded
+2-core machine; results/scoring-costs.md has the duration service's view). Measured and dropped,
+each against the same previous kernel: branchless lanes, 8 rows stepping through a tree together
+(0.6-0.8x: a tree's deepest leaf is 9-12 levels down, the average training ride's 4.5-6.4, and stepping
+every lane to the deepest costs more than the mispredicted branches it saves); one 32-byte numpy record a
+node (0.64x: numba's record access costs more than the extra arrays' loads); one 16-byte node read through
+int and float views of a buffer (1.04-1.11x, below separate arrays' 1.3x); blocks of 1,024 rows walked
+through all trees (0.9x of walking the whole batch tree by tree).
+
 What it cannot reproduce it leaves alone: `compile_model` returns any other model unchanged (another
-estimator, a classifier, a non-identity link, NaN among the categories) and says why in the log.
+estimator, a classifier, a non-identity link, NaN among the categories, a tree not numbered depth first)
+and says why in the log.
 `RIDESTREAM_PREDICTOR=scikit-learn` turns it off (benchmarks use it for their baseline).
 """
 
@@ -50,31 +68,24 @@ PREDICTORS: tuple[str, ...] = ("compiled", "scikit-learn")
 @dataclass(frozen=True)
 class TreeArrays:
     """Every tree of a booster, its nodes laid end to end; `roots[t]` is where tree t starts, and child
-    indices stay relative to their tree's root (as scikit-learn stores them)."""
+    indices are positions in these arrays. A split's left child is the node after it."""
 
-    feature: np.ndarray  # int64, the column a split reads (in the booster's own column order)
+    feature: np.ndarray  # int32, the column a split reads (in the booster's own column order); -1: a leaf
     threshold: np.ndarray  # float64, numerical splits go left when value <= threshold
-    left: np.ndarray  # int64
-    right: np.ndarray  # int64
-    missing_left: np.ndarray  # bool, where NaN (and unknown categories) go
-    is_leaf: np.ndarray  # bool
-    is_categorical: np.ndarray  # bool
-    bitset: np.ndarray  # int64, a categorical split's row in its tree's `left_categories`
+    right: np.ndarray  # int32
+    missing_left: np.ndarray  # bool, where NaN (and negative or unknown categories) go
+    category_row: np.ndarray  # int32, a categorical split's row in `categories`; -1: a numerical split
     value: np.ndarray  # float64, a leaf's contribution
-    roots: np.ndarray  # int64
-    bitset_base: np.ndarray  # int64, where each tree's rows start in `left_categories`
-    left_categories: np.ndarray  # uint32 (splits, 8): the categories a categorical split sends left
-    known_categories: np.ndarray  # uint32 (categorical features, 8): the categories seen in training
-    known_row: np.ndarray  # int64, feature → its row in `known_categories`
+    roots: np.ndarray  # int32
+    categories: np.ndarray  # uint32 (categorical splits, 8): bit c set when category c goes left
     baseline: float
 
 
 @njit(cache=True, nogil=True)
 def _raw_predict(X: np.ndarray, trees: tuple[Any, ...], out: np.ndarray) -> np.ndarray:
-    (feature, threshold, left, right, missing_left, is_leaf, is_categorical, bitset, value, roots,
-     bitset_base, left_categories, known_categories, known_row, baseline) = trees  # fmt: skip
+    feature, threshold, right, missing_left, category_row, value, roots, categories, baseline = trees
     # Tree by tree over all rows, not row by row over all trees: one tree's nodes (a few KB) stay in the L1
-    # cache for the whole batch, where a row's walk through all of them (~2 MB for cost) missed it at every
+    # cache for the whole batch, where a row's walk through all of them (~1 MB for cost) missed it at every
     # tree; 2x faster on 20,000 rows. Each row's sum still runs baseline, tree 1, tree 2, ...: the same order.
     n = X.shape[0]
     for i in range(n):
@@ -83,26 +94,24 @@ def _raw_predict(X: np.ndarray, trees: tuple[Any, ...], out: np.ndarray) -> np.n
         root = roots[t]
         for i in range(n):
             node = root
-            while not is_leaf[node]:
-                x = X[i, feature[node]]
+            column = feature[node]
+            while column >= 0:
+                x = X[i, column]
                 if np.isnan(x):
                     go_left = missing_left[node]
-                elif is_categorical[node]:
+                elif category_row[node] >= 0:
                     if x < 0:
                         go_left = missing_left[node]
                     else:
                         # scikit-learn casts the category to its binned dtype, uint8, the same way.
                         category = np.uint8(x)
-                        word, bit = category >> 5, category & 31
-                        if (left_categories[bitset_base[t] + bitset[node], word] >> bit) & 1:
-                            go_left = True
-                        elif (known_categories[known_row[feature[node]], word] >> bit) & 1:
-                            go_left = False
-                        else:
-                            go_left = missing_left[node]
+                        word = categories[category_row[node], category >> 5]
+                        go_left = ((word >> (category & 31)) & 1) != 0
                 else:
                     go_left = x <= threshold[node]
-                node = root + (left[node] if go_left else right[node])
+                # Depth-first numbering (checked by flatten_trees): the left child is the next node.
+                node = node + 1 if go_left else right[node]
+                column = feature[node]
             out[i] += value[node]
     return out
 
@@ -121,7 +130,15 @@ def _unsupported(booster: HistGradientBoostingRegressor) -> str | None:
         and booster.is_categorical_.any()
     ):
         return "categories without scikit-learn's encoder (scikit-learn < 1.4)"
+    if not all(_left_follows_parent(predictors[0].nodes) for predictors in booster._predictors):
+        return "a tree whose left children do not follow their parents"
     return None
+
+
+def _left_follows_parent(nodes: np.ndarray) -> bool:
+    """Whether every split's left child is the node right after it (scikit-learn's depth-first order)."""
+    splits = np.flatnonzero(nodes["is_leaf"] == 0)
+    return bool(np.array_equal(nodes["left"][splits], splits + 1))
 
 
 def _category_encoder(booster: HistGradientBoostingRegressor) -> Any:
@@ -135,33 +152,48 @@ def _category_encoder(booster: HistGradientBoostingRegressor) -> Any:
 
 def flatten_trees(booster: HistGradientBoostingRegressor) -> TreeArrays:
     trees = [predictors[0] for predictors in booster._predictors]
+    if not all(_left_follows_parent(tree.nodes) for tree in trees):
+        raise ValueError("a tree whose left children do not follow their parents")
     nodes = np.concatenate([tree.nodes for tree in trees])
     sizes = np.array([len(tree.nodes) for tree in trees], dtype=np.int64)
-    bitsets = [tree.raw_left_cat_bitsets for tree in trees]
-    bitset_sizes = np.array([len(b) for b in bitsets], dtype=np.int64)
-    known, known_row = booster._bin_mapper.make_known_categories_bitsets()
+    roots = _starts(sizes)
+    leaf = nodes["is_leaf"] != 0
+    categorical = np.flatnonzero((nodes["is_categorical"] != 0) & ~leaf)
+    category_row = np.full(len(nodes), -1, dtype=np.int32)
+    category_row[categorical] = np.arange(len(categorical))
     return TreeArrays(
-        feature=nodes["feature_idx"].astype(np.int64),
+        feature=np.where(leaf, -1, nodes["feature_idx"]).astype(np.int32),
         threshold=nodes["num_threshold"].astype(np.float64),
-        left=nodes["left"].astype(np.int64),
-        right=nodes["right"].astype(np.int64),
+        right=(np.repeat(roots, sizes) + nodes["right"]).astype(np.int32),
         missing_left=nodes["missing_go_to_left"].astype(np.bool_),
-        is_leaf=nodes["is_leaf"].astype(np.bool_),
-        is_categorical=nodes["is_categorical"].astype(np.bool_),
-        bitset=nodes["bitset_idx"].astype(np.int64),
+        category_row=category_row,
         value=nodes["value"].astype(np.float64),
-        roots=_starts(sizes),
-        bitset_base=_starts(bitset_sizes),
-        left_categories=_bitsets(np.concatenate(bitsets)),
-        known_categories=_bitsets(known),
-        known_row=known_row.astype(np.int64),
+        roots=roots.astype(np.int32),
+        categories=_categories_left(booster, trees, sizes, nodes, categorical),
         baseline=float(np.asarray(booster._baseline_prediction).reshape(-1)[0]),
     )
 
 
-def _bitsets(rows: np.ndarray) -> np.ndarray:
-    # Numba needs a 2-D array even for a booster without categorical splits.
-    return rows.astype(np.uint32) if len(rows) else np.zeros((1, 8), np.uint32)
+def _categories_left(
+    booster: HistGradientBoostingRegressor,
+    trees: Sequence[Any],
+    sizes: np.ndarray,
+    nodes: np.ndarray,
+    categorical: np.ndarray,
+) -> np.ndarray:
+    """Per categorical split (rows in `categorical`'s order), the 256 bits of where each category goes:
+    scikit-learn's three tests (in the split's left set → left; else seen in training → right; else the
+    missing side) folded into one, so the walk reads one word where it read two bitsets."""
+    if len(categorical) == 0:
+        return np.zeros((1, 8), np.uint32)  # Numba needs a 2-D array even for a booster without them.
+    bitsets = [tree.raw_left_cat_bitsets for tree in trees]
+    bitset_base = _starts(np.array([len(b) for b in bitsets], dtype=np.int64))
+    tree_of = np.repeat(np.arange(len(trees)), sizes)[categorical]
+    left = np.concatenate(bitsets).astype(np.uint32)[bitset_base[tree_of] + nodes["bitset_idx"][categorical]]
+    known, known_row = booster._bin_mapper.make_known_categories_bitsets()
+    seen = known.astype(np.uint32)[known_row[nodes["feature_idx"][categorical]]]
+    unseen_left = np.where(nodes["missing_go_to_left"][categorical, None] != 0, ~seen, np.uint32(0))
+    return np.ascontiguousarray(left | unseen_left)
 
 
 def _starts(sizes: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ hypothesis: NaN and infinities in any column, zones never seen in training, nega
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import joblib
@@ -17,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression
 
-from consumers.compiled import PREDICTOR_ENV, CompiledBooster, compile_model, ordinal_codes
+from consumers.compiled import PREDICTOR_ENV, CompiledBooster, compile_model, flatten_trees, ordinal_codes
 from consumers.cost.scorer import load_scorer as load_cost
 from consumers.duration.scorer import load_scorer as load_duration
 from consumers.features import start_columns_from_trips, start_features
@@ -102,6 +103,37 @@ def test_a_booster_without_categorical_features_is_compiled_too() -> None:
     compiled = compile_model(booster)
     assert isinstance(compiled, CompiledBooster)
     assert np.array_equal(compiled.predict(X), sklearn_predict(booster, X))
+
+
+def test_categories_seen_unseen_negative_and_missing_take_scikit_learns_side() -> None:
+    """The kernel folds each categorical split's three tests into one table: seen, unseen, negative and
+    missing categories, on splits that send missing values left and splits that send them right."""
+    rng = np.random.default_rng(3)
+    X = np.column_stack((rng.integers(0, 40, 3000).astype(float), rng.normal(size=3000)))
+    y = np.sin(X[:, 0] % 7) + X[:, 1]
+    booster = HistGradientBoostingRegressor(categorical_features=[0], max_iter=30, max_leaf_nodes=63)
+    booster.fit(X, y)
+    compiled = compile_model(booster)
+    assert isinstance(compiled, CompiledBooster)
+    categorical = compiled.trees.category_row >= 0
+    assert set(compiled.trees.missing_left[categorical].tolist()) == {False, True}
+    rows = np.column_stack((np.arange(-3.0, 60.0), np.linspace(-3, 3, 63)))
+    rows[::5, 0] = np.nan
+    rows = np.concatenate((rows, X[:500]))
+    assert np.array_equal(compiled.predict(rows), sklearn_predict(booster, rows))
+
+
+def test_a_tree_whose_left_child_is_not_the_next_node_is_left_to_scikit_learn() -> None:
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 3))
+    booster = HistGradientBoostingRegressor(max_iter=3).fit(X, X[:, 0])
+    moved = copy.deepcopy(booster)
+    nodes = moved._predictors[0][0].nodes
+    nodes["left"][0] = nodes["right"][0]  # the walk assumes left = parent + 1: this tree breaks it
+    assert compile_model(moved) is moved
+    with pytest.raises(ValueError, match="left children"):
+        flatten_trees(moved)
+    assert isinstance(compile_model(booster), CompiledBooster)
 
 
 def test_models_it_cannot_reproduce_are_served_unchanged() -> None:
