@@ -222,7 +222,7 @@ def score_window(
     on_postgres = dest.dialect.name == "postgresql"
     with _frozen_heap(), BackgroundTransaction(dest, summary.stages) as writing:
         writing.submit(partial(delete_window, tables=(predictions, rejects), window=window))
-        chunks = _chunks(source, window_query(table, window), chunk_rows)
+        chunks = ride_chunks(source, window_query(table, window), chunk_rows)
         for count, scored in _score_chunks(chunks, list(models.values()), summary.stages):
             writing.submit(_write(predictions, rejects, scored, summary.run_id, on_postgres, summary.stages))
             summary.rides += count
@@ -303,7 +303,7 @@ def _finished_run(dest: Engine, runs: Any, window: Window, versions: dict[str, s
     return None if found is None else str(found[0])
 
 
-def _chunks(source: Engine, query: Any, size: int) -> Iterator[list[RideRow]]:
+def ride_chunks(source: Engine, query: Any, size: int) -> Iterator[list[RideRow]]:
     """The query's rides as tuples (`RIDE_COLUMNS`' order), `size` at a time, over a server-side cursor on
     PostgreSQL (bounded memory)."""
     with source.connect() as connection:
