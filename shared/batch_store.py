@@ -210,25 +210,10 @@ def _copy_value(value: Any) -> Any:
     return value
 
 
-# The predictions table's columns in the order the batch job's COPY text has them (`ScoredRides.copy_text`).
+# The predictions table's columns in the order the batch job's binary COPY has them (`copy_binary`).
 PREDICTION_COPY_ORDER: tuple[str, ...] = (
     "prediction", "ride_id", "pickup_time", "model_name", "model_version", "run_id",
 )  # fmt: skip
-
-
-def copy_text(
-    connection: Connection, table: Table, payload: str, columns: Sequence[str] | None = None
-) -> None:
-    """Append rows already in COPY's text format (tab-separated, newline-ended, values in the order of
-    `columns`, by default the table's) inside the connection's transaction: PostgreSQL only."""
-    driver = connection.connection.driver_connection
-    assert driver is not None  # (a live connection inside a transaction)
-    names = [column.name for column in table.columns] if columns is None else list(columns)
-    if sorted(names) != sorted(column.name for column in table.columns):
-        raise ValueError(f"COPY into {table.name}: columns {names} are not the table's")
-    quoted = ", ".join(f'"{name}"' for name in names)
-    with driver.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
-        copy.write(payload)
 
 
 def copy_binary(connection: Connection, table: Table, payload: bytes, columns: Sequence[str]) -> None:
@@ -244,14 +229,6 @@ def copy_binary(connection: Connection, table: Table, payload: bytes, columns: S
         cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy,
     ):
         copy.write(payload)
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def copy_escape(value: str) -> str:
-    """`value` as one field of COPY's text format."""
-    return value.translate(_COPY_ESCAPES)
 
 
 Step = Callable[[Connection], None]
