@@ -52,7 +52,11 @@ REQUIREMENTS = Path(__file__).with_name("quix-requirements.txt")
 STAMP_NAME = "ridestream-quix.stamp"
 # Pinned to the main venv's exact versions: the model artifacts are pickles of these libraries' objects, and
 # shared/models.py refuses an artifact fit by another scikit-learn major.minor.
-MATCH_MAIN_VENV = ("scikit-learn", "numpy", "scipy", "joblib", "threadpoolctl", "pandas", "pyarrow")
+MATCH_MAIN_VENV = (
+    "scikit-learn", "numpy", "scipy", "joblib", "threadpoolctl", "pandas", "pyarrow",
+    # the compiled tree walk (consumers/compiled.py) the scorer predicts with
+    "numba", "llvmlite",
+)  # fmt: skip
 SERVICE = "duration"
 # shared.runner.RunnerConfig's default: what ridestream's duration service accepts.
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -94,7 +98,7 @@ def ensure_quix_venv(venv: Path = QUIX_VENV) -> Path:
     """Build (or reuse) the Quix Streams venv; return its python. Idempotent: a stamp records what was built.
 
     Installed: bench/quix-requirements.txt (quixstreams and the scorer's other deps, in ranges both projects
-    accept), the main venv's exact scikit-learn / numpy / scipy / joblib / threadpoolctl / pandas / pyarrow,
+    accept), the main venv's exact versions of MATCH_MAIN_VENV (scikit-learn ... numba, llvmlite),
     then this project in editable mode without its dependencies (whose confluent-kafka and pydantic pins
     quixstreams' own would contradict). The stamp holds the python version, those pins and the requirements
     file's hash; any change rebuilds.
