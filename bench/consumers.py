@@ -762,11 +762,21 @@ def main() -> None:
             work,
             results,
         )
+        failed: dict[str, str] = {}
         for contender in chosen:
             if contender.name not in results:
-                results[contender.name] = measure_throughput(
-                    contender, bootstrap, backlog, events, models, work
-                )
+                try:
+                    results[contender.name] = measure_throughput(
+                        contender, bootstrap, backlog, events, models, work
+                    )
+                except RuntimeError as error:
+                    if contender.name in ROUNDED:
+                        raise
+                    # A peer that scores nothing loses its rows and targets, not the whole run's results.
+                    log_tail = (work / f"{contender.name}.log").read_text(errors="replace")[-3000:]
+                    print(f"{contender.name}: FAILED, left out: {error}\n{log_tail}", flush=True)
+                    failed[contender.name] = str(error)
+                    continue
             results[contender.name]["latency"] = {}
             results[contender.name]["p99_ms"] = {}
             for rate in rates:
@@ -797,6 +807,7 @@ def main() -> None:
         "rounds": rounds,
         "contenders": results,
         "ratios": ratios(results, rounds),
+        **({"failed": failed} if failed else {}),
         **({"soak": soak} if soak else {}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
