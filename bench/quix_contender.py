@@ -100,7 +100,7 @@ def ensure_quix_venv(venv: Path = QUIX_VENV) -> Path:
     """Build (or reuse) the Quix Streams venv; return its python. Idempotent: a stamp records what was built.
 
     Installed: bench/quix-requirements.txt (quixstreams and the scorer's other deps, in ranges both projects
-    accept), the main venv's exact versions of MATCH_MAIN_VENV (scikit-learn ... numba, llvmlite, mlflow-skinny),
+    accept), the main venv's exact versions of MATCH_MAIN_VENV (scikit-learn ... the registry's),
     then this project in editable mode without its dependencies (whose confluent-kafka and pydantic pins
     quixstreams' own would contradict). The stamp holds the python version, those pins and the requirements
     file's hash; any change rebuilds.
