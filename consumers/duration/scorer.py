@@ -86,8 +86,8 @@ class TripDurationScorer:
         progress_ok = finite_rows(result, progress_at, left, PROGRESS_MODEL)
         result.failures.sort()  # (in event order, as each was found)
         encoder = prediction_encoder(DurationPrediction)
-        total, elapsed, minutes_left = totals[start_ok], progress_columns.elapsed_seconds, left[progress_ok]
-        elapsed = elapsed[progress_ok]
+        total, minutes_left = totals[start_ok], left[progress_ok]
+        elapsed = progress_columns.elapsed_seconds[progress_ok]
         at_start = encoder.encode(
             kept(started, start_ok), START_MODEL, self.start_version, produced_at,
             [total, total, np.zeros(len(total))],
