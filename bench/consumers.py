@@ -82,6 +82,22 @@ def service_batch_size() -> int:
     return int(os.environ.get("DURATION_BATCH_SIZE", default))
 
 
+def service_batch_timeout_s() -> float:
+    """The duration service's consume timeout (DURATION_BATCH_TIMEOUT_S when exported for an experiment);
+    the passthrough waits as long for a batch."""
+    from shared.runner import DEFAULT_BATCH_TIMEOUT_S
+
+    return float(os.environ.get("DURATION_BATCH_TIMEOUT_S", DEFAULT_BATCH_TIMEOUT_S))
+
+
+def service_commit_interval_s() -> float:
+    """The duration service's commit interval (DURATION_COMMIT_INTERVAL_S when exported for an experiment);
+    the passthrough flushes and commits as often."""
+    from shared.guarantees import COMMIT_INTERVAL_S
+
+    return float(os.environ.get("DURATION_COMMIT_INTERVAL_S", COMMIT_INTERVAL_S))
+
+
 def ridestream_command(
     guarantee: str, engine: str | None = None
 ) -> Callable[..., tuple[list[str], dict[str, str]]]:
@@ -123,6 +139,10 @@ def passthrough_command(
         group,
         "--batch-size",
         str(service_batch_size()),
+        "--batch-timeout",
+        str(service_batch_timeout_s()),
+        "--commit-interval",
+        str(service_commit_interval_s()),
     ], {}
 
 
@@ -158,7 +178,7 @@ class Sampler:
     process: psutil.Process
     peak_rss: int = 0
     cpu_s: float = 0.0
-    history: list[int] = field(default_factory=list)
+    history: list[tuple[float, int]] = field(default_factory=list)  # (wall clock s, RSS bytes)
     cpu_history: list[tuple[float, float]] = field(default_factory=list)  # (wall clock s, CPU s so far)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -169,9 +189,9 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             try:
-                rss = self.process.memory_info().rss
+                sampled_at, rss = time.time(), self.process.memory_info().rss
                 self.peak_rss = max(self.peak_rss, rss)
-                self.history.append(rss)
+                self.history.append((sampled_at, rss))
                 times = self.process.cpu_times()
                 self.cpu_s = times.user + times.system
                 self.cpu_history.append((time.time(), self.cpu_s))
@@ -331,11 +351,50 @@ def measure_throughput(
     }
 
 
+SOAK_WINDOW = (
+    "RSS sampled every 0.1 s while the contender scored (from its first output's CreateTime to its last's: "
+    "imports, model load and the group join before the first output are left out); that scoring period's "
+    "samples in tenths: the highest RSS of the second tenth against the highest of the last tenth"
+)
+
+
+def soak_window(
+    samples: Sequence[tuple[float, int]], first_output_s: float, last_output_s: float
+) -> dict[str, Any]:
+    """RSS growth over the scoring period only: `samples` are (wall clock s, RSS bytes) from process start,
+    the period runs from the first output to the last (wall clock s). Of the samples inside it, the highest
+    RSS of the second tenth (the first still holds the first fetches filling the prefetch queue) against
+    the highest of the last tenth; also the RSS at the first output and at the end (the nearest samples
+    inside the period)."""
+    scoring = [rss for at, rss in samples if first_output_s <= at <= last_output_s]
+    if not scoring:
+        raise ValueError("no RSS sample between the first and the last output")
+    tenth = max(1, len(scoring) // 10)
+    early = max(scoring[tenth : 2 * tenth] or scoring)
+    late = max(scoring[-tenth:])
+
+    def mb(rss: int) -> float:
+        return round(rss / 2**20, 1)
+
+    return {
+        "rss_mb_second_tenth": mb(early),
+        "rss_mb_last_tenth": mb(late),
+        "growth": round(late / early - 1, 4),
+        "rss_mb_at_first_output": mb(scoring[0]),
+        "rss_mb_at_end": mb(scoring[-1]),
+        "window": SOAK_WINDOW,
+        "scoring_s": round(last_output_s - first_output_s, 1),
+        "scoring_samples": len(scoring),
+        "samples_per_tenth": tenth,
+    }
+
+
 def measure_soak(
     contender: Contender, bootstrap: str, events: list[tuple[bytes, bytes]], models: Path, log_dir: Path
 ) -> dict[str, Any]:
-    """RSS over a long backlog: flat means the last tenth of the run sits within 10% of the second tenth
-    (the first holds imports, model load and the first fetches)."""
+    """RSS over a long backlog, while it is scored: flat means the highest RSS in the last tenth of the
+    scoring period (first output to last) sits within 10% of the highest in its second tenth. Start-up
+    (imports, model load, group join) comes before the first output and is not compared (`soak_window`)."""
     source, target = f"bench-soak-in-{uuid.uuid4().hex[:8]}", f"bench-soak-out-{uuid.uuid4().hex[:8]}"
     for topic in (source, target):
         ensure_topic({"bootstrap.servers": bootstrap}, topic, 6)
@@ -356,16 +415,15 @@ def measure_soak(
     finally:
         sampler.stop()
         stop(process)
-    tenth = max(1, len(sampler.history) // 10)
-    early = max(sampler.history[tenth : 2 * tenth] or sampler.history)
-    late = max(sampler.history[-tenth:])
+    if not records:
+        log = log_dir / f"{contender.name}-soak.log"
+        raise RuntimeError(f"{contender.name}: no output in the soak (see {log})")
+    stamps = [ts for ts, _ in records]  # output CreateTimes: when the contender produced them
     return {
         "contender": contender.name,
         "events": len(events),
         "outputs": len(records),
-        "rss_mb_second_tenth": round(early / 2**20, 1),
-        "rss_mb_last_tenth": round(late / 2**20, 1),
-        "growth": round(late / early - 1, 4),
+        **soak_window(sampler.history, min(stamps) / 1000, max(stamps) / 1000),
     }
 
 
@@ -611,17 +669,25 @@ def markdown(result: Mapping[str, Any]) -> str:
             cells = [f"{r[n]:,.0f}" for n in names] + [f"{r[n] / r['passthrough']:.2f}" for n in shared]
             lines.append(f"| {index} | " + " | ".join(cells) + " |")
     if "soak" in result:
-        soak = result["soak"]
-        lines += [
-            "",
-            (
-                f"Memory over {soak['events']:,} events ({soak['contender']}): "
-                f"RSS {soak['rss_mb_second_tenth']} MB "
-                f"in the second tenth of the run, {soak['rss_mb_last_tenth']} MB in the last: "
-                f"{soak['growth'] * 100:+.1f}%."
-            ),
-        ]
+        lines += ["", soak_line(result["soak"])]
     return "\n".join(lines) + "\n"
+
+
+def soak_line(soak: Mapping[str, Any]) -> str:
+    """The soak's sentence under the table. A soak of a run before the scoring-period window (no
+    `scoring_s`) compared the second and last tenths of the whole process's life, start-up included."""
+    if "scoring_s" not in soak:
+        return (
+            f"Memory over {soak['events']:,} events ({soak['contender']}): RSS {soak['rss_mb_second_tenth']} "
+            f"MB in the second tenth of the run (start-up included), {soak['rss_mb_last_tenth']} MB in the "
+            f"last: {soak['growth'] * 100:+.1f}%."
+        )
+    return (
+        f"Memory over {soak['events']:,} events ({soak['contender']}), while it scored (first output to "
+        f"last, {soak['scoring_s']:g} s): RSS {soak['rss_mb_second_tenth']} MB in the second tenth of that "
+        f"period, {soak['rss_mb_last_tenth']} MB in the last: {soak['growth'] * 100:+.1f}% "
+        f"({soak['rss_mb_at_first_output']} MB at the first output, {soak['rss_mb_at_end']} MB at the end)."
+    )
 
 
 def plot(result: Mapping[str, Any], path: Path) -> None:

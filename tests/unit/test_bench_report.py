@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.consumers import markdown, max_offered_rate, rotated, round_ratios, targets_table
+import pytest
+
+from bench.consumers import (
+    markdown,
+    max_offered_rate,
+    rotated,
+    round_ratios,
+    soak_line,
+    soak_window,
+    targets_table,
+)
+
+MB = 2**20
 
 
 def contender(events_per_s: int, p99_at_5k: float | None = None, rss: float = 250.0) -> dict[str, Any]:
@@ -67,3 +79,47 @@ def test_cpu_per_event_is_judged_against_the_passthroughs_own() -> None:
         },
     }
     assert "| CPU per event, at-least-once ÷ passthrough | 5 | ≤ 2 | ✗ |" in "\n".join(targets_table(result))
+
+
+def soak_samples() -> list[tuple[float, int]]:
+    """A process sampled every 0.1 s: 8 s of start-up climbing 100 → 416 MB, then 10 s of scoring flat at
+    450 MB, then idle after its last output."""
+    start_up = [(i / 10, (100 + 4 * i) * MB) for i in range(80)]
+    scoring = [(8.0 + i / 10, 450 * MB) for i in range(100)]
+    idle = [(18.0 + i / 10, 900 * MB) for i in range(1, 20)]
+    return start_up + scoring + idle
+
+
+def test_the_soak_compares_rss_while_scoring_not_start_up_against_steady_state() -> None:
+    window = soak_window(soak_samples(), first_output_s=8.0, last_output_s=17.95)
+    # The whole-life tenths would have compared start-up (~220 MB) with the idle tail (900 MB).
+    assert window["rss_mb_second_tenth"] == 450.0
+    assert window["rss_mb_last_tenth"] == 450.0
+    assert window["growth"] == 0.0
+    assert window["rss_mb_at_first_output"] == 450.0 and window["rss_mb_at_end"] == 450.0
+    assert window["scoring_samples"] == 100 and window["samples_per_tenth"] == 10
+    assert "first output" in window["window"]
+
+
+def test_the_soak_window_reports_growth_inside_the_scoring_period() -> None:
+    samples = [(float(i), (300 + i) * MB) for i in range(100)]  # +1 MB a second throughout
+    window = soak_window(samples, first_output_s=0.0, last_output_s=99.0)
+    assert window["rss_mb_second_tenth"] == 319.0  # samples 10..19, highest
+    assert window["rss_mb_last_tenth"] == 399.0  # samples 90..99
+    assert window["growth"] == round(399 / 319 - 1, 4)
+    assert (window["rss_mb_at_first_output"], window["rss_mb_at_end"]) == (300.0, 399.0)
+
+
+def test_a_scoring_period_without_samples_is_an_error_not_a_flat_reading() -> None:
+    with pytest.raises(ValueError, match="no RSS sample"):
+        soak_window([(1.0, MB), (2.0, MB)], first_output_s=5.0, last_output_s=6.0)
+
+
+def test_the_soak_line_states_its_window_and_old_results_still_render() -> None:
+    window = soak_window(soak_samples(), first_output_s=8.0, last_output_s=17.95)
+    line = soak_line({"contender": "ridestream-alo", "events": 1_000_000, **window})
+    assert "while it scored (first output to last, 9.9 s)" in line
+    assert "450.0 MB in the second tenth of that period, 450.0 MB in the last: +0.0%" in line
+    old = {"contender": "ridestream-alo", "events": 1_000_000, "rss_mb_second_tenth": 304.7}
+    old |= {"rss_mb_last_tenth": 463.0, "growth": 0.5195}
+    assert "start-up included" in soak_line(old)
