@@ -1,0 +1,16 @@
+"""The one thing pyproject.toml cannot declare with setuptools>=69: the C tree walk (consumers/_treewalk.c).
+
+No -ffast-math and no fused multiply-adds (-ffp-contract=off): its sums must be scikit-learn's bit for bit.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "consumers._treewalk",
+            ["consumers/_treewalk.c"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
+        )
+    ]
+)
