@@ -3,8 +3,8 @@
 A HistGradientBoostingRegressor predict costs ~2 ms before it looks at a row: its ColumnTransformer re-encodes
 the categorical columns, then each tree starts its own OpenMP region. One ride's estimate went through three
 such models, ~12 ms; a micro-batch paid it per model. `compile_model` flattens a fitted booster's trees into
-arrays once, when the model is loaded, and `_raw_predict` (numba, compiled on first use and cached on disk)
-walks them per row: ~40 µs for one ride, and 1.2-2.4x scikit-learn's speed on 1,000 rows
+arrays once, when the model is loaded, and `_raw_predict` (a C extension, consumers/_treewalk.c, built at
+install) walks them per row: ~40 µs for one ride, and 1.2-2.4x scikit-learn's speed on 1,000 rows
 (results/scoring-costs.md).
 
 The kernel is scikit-learn's own predictor, transcribed (sklearn/ensemble/_hist_gradient_boosting/
@@ -44,20 +44,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numba import njit
-from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.pipeline import Pipeline
 
-from consumers.features import ZoneCategories
+from consumers import _treewalk
 from shared.errors import ConfigError
-from shared.models import LoadedModel
-from shared.registry import load_serving_model
+from shared.models import ArtifactMetadata, LoadedModel, checked_artifact, unpickle_model, write_atomically
+from shared.registry import serving_folder
+
+if TYPE_CHECKING:  # scikit-learn is imported only where a pickled model is compiled
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -81,38 +83,12 @@ class TreeArrays:
     baseline: float
 
 
-@njit(cache=True, nogil=True)
 def _raw_predict(X: np.ndarray, trees: tuple[Any, ...], out: np.ndarray) -> np.ndarray:
+    """Every row's prediction into `out`: the walk is C (consumers/_treewalk.c), without the GIL."""
     feature, threshold, right, missing_left, category_row, value, roots, categories, baseline = trees
-    # Tree by tree over all rows, not row by row over all trees: one tree's nodes (a few KB) stay in the L1
-    # cache for the whole batch, where a row's walk through all of them (~1 MB for cost) missed it at every
-    # tree; 2x faster on 20,000 rows. Each row's sum still runs baseline, tree 1, tree 2, ...: the same order.
-    n = X.shape[0]
-    for i in range(n):
-        out[i] = baseline
-    for t in range(roots.shape[0]):
-        root = roots[t]
-        for i in range(n):
-            node = root
-            column = feature[node]
-            while column >= 0:
-                x = X[i, column]
-                if np.isnan(x):
-                    go_left = missing_left[node]
-                elif category_row[node] >= 0:
-                    if x < 0:
-                        go_left = missing_left[node]
-                    else:
-                        # scikit-learn casts the category to its binned dtype, uint8, the same way.
-                        category = np.uint8(x)
-                        word = categories[category_row[node], category >> 5]
-                        go_left = ((word >> (category & 31)) & 1) != 0
-                else:
-                    go_left = x <= threshold[node]
-                # Depth-first numbering (checked by flatten_trees): the left child is the next node.
-                node = node + 1 if go_left else right[node]
-                column = feature[node]
-            out[i] += value[node]
+    _treewalk.walk(
+        X, feature, threshold, right, missing_left, category_row, value, roots, categories, baseline, out
+    )
     return out
 
 
@@ -185,7 +161,7 @@ def _categories_left(
     scikit-learn's three tests (in the split's left set → left; else seen in training → right; else the
     missing side) folded into one, so the walk reads one word where it read two bitsets."""
     if len(categorical) == 0:
-        return np.zeros((1, 8), np.uint32)  # Numba needs a 2-D array even for a booster without them.
+        return np.zeros((1, 8), np.uint32)  # The walk takes an (n, 8) table even for a booster without them.
     bitsets = [tree.raw_left_cat_bitsets for tree in trees]
     bitset_base = _starts(np.array([len(b) for b in bitsets], dtype=np.int64))
     tree_of = np.repeat(np.arange(len(trees)), sizes)[categorical]
@@ -200,39 +176,79 @@ def _starts(sizes: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class KernelLayout:
+    """Everything a compiled predict reads, all numpy: made from a fitted pipeline (`kernel_layout`, which
+    needs scikit-learn) or read back from its kernel file (`read_kernel`, which does not)."""
+
+    n_features_in: int
+    trees: TreeArrays
+    # scikit-learn's encoder puts the categorical columns first; the trees index that order.
+    order: np.ndarray  # int64, the booster's column → position in the rows the kernel walks
+    # (position, column, code table): a zone column's ZoneCategories codes, already ordinal-encoded.
+    zone_tables: tuple[tuple[int, int, np.ndarray], ...]
+    # (position, known categories): the other categorical columns, encoded by `ordinal_codes`.
+    encodings: tuple[tuple[int, np.ndarray], ...]
+
+
+def kernel_layout(model: Pipeline | HistGradientBoostingRegressor) -> tuple[KernelLayout, list[Any]]:
+    """The layout of a fitted pipeline ending in a booster, and the steps before the booster that are left
+    to run as they are (none for the served pipelines)."""
+    from sklearn.pipeline import Pipeline
+
+    from consumers.zone_encoder import ZoneCategories
+
+    booster = model[-1] if isinstance(model, Pipeline) else model
+    before = [step for _name, step in model.steps[:-1]] if isinstance(model, Pipeline) else []
+    categorical = np.zeros(booster.n_features_in_, dtype=bool)
+    if booster.is_categorical_ is not None:
+        categorical = np.asarray(booster.is_categorical_, dtype=bool)
+    order = np.concatenate((np.flatnonzero(categorical), np.flatnonzero(~categorical)))
+
+    def position(column: int) -> int:
+        return int(np.flatnonzero(order == column)[0])
+
+    encoder = _category_encoder(booster)
+    categories = [np.asarray(c, dtype=np.float64) for c in encoder.categories_] if encoder else []
+    encodings = dict(zip(np.flatnonzero(categorical).tolist(), categories))
+    # The served pipelines' one step before the booster, ZoneCategories, and the encoder after it are two
+    # table lookups in a row: folded into one table per zone column here, once. Any other steps are run as
+    # they are (one by one: Pipeline.transform routes metadata first, ~50 µs a call).
+    zones = before[0] if len(before) == 1 and isinstance(before[0], ZoneCategories) else None
+    zone_tables = []
+    if zones is not None:
+        for column, codes in zip(zones.columns, zones.codes_):
+            table = ordinal_codes(codes, encodings.pop(column)) if column in encodings else codes
+            zone_tables.append((position(column), column, np.asarray(table, dtype=np.float64)))
+    layout = KernelLayout(
+        n_features_in=int(booster.n_features_in_),
+        trees=flatten_trees(booster),
+        order=order.astype(np.int64),
+        zone_tables=tuple(zone_tables),
+        encodings=tuple((position(column), known) for column, known in encodings.items()),
+    )
+    return layout, [] if zones is not None else before
+
+
 class CompiledBooster:
     """A fitted pipeline ending in a HistGradientBoostingRegressor, predicting through `_raw_predict`."""
 
-    def __init__(self, model: Pipeline | HistGradientBoostingRegressor) -> None:
-        booster = model[-1] if isinstance(model, Pipeline) else model
-        before = [step for _name, step in model.steps[:-1]] if isinstance(model, Pipeline) else []
-        self.n_features_in: int = booster.n_features_in_
-        self.trees = flatten_trees(booster)
-        self._arrays = tuple(getattr(self.trees, name) for name in TreeArrays.__dataclass_fields__)
-        categorical = np.zeros(booster.n_features_in_, dtype=bool)
-        if booster.is_categorical_ is not None:
-            categorical = np.asarray(booster.is_categorical_, dtype=bool)
-        # scikit-learn's encoder puts the categorical columns first; the trees index that order.
-        self.order = np.concatenate((np.flatnonzero(categorical), np.flatnonzero(~categorical)))
-        encoder = _category_encoder(booster)
-        categories = [np.asarray(c, dtype=np.float64) for c in encoder.categories_] if encoder else []
-        encodings = dict(zip(np.flatnonzero(categorical).tolist(), categories))
-        # The served pipelines' one step before the booster, ZoneCategories, and the encoder after it are
-        # two table lookups in a row: folded into one table per zone column here, once. Any other steps are
-        # run as they are (one by one: Pipeline.transform routes metadata first, ~50 µs a call).
-        zones = before[0] if len(before) == 1 and isinstance(before[0], ZoneCategories) else None
-        self.before = [] if zones is not None else before
-        self.zone_tables: list[tuple[int, int, np.ndarray]] = []
-        if zones is not None:
-            for column, codes in zip(zones.columns, zones.codes_):
-                table = ordinal_codes(codes, encodings.pop(column)) if column in encodings else codes
-                self.zone_tables.append((self.position(column), column, table))
-        self.encodings = [(self.position(column), known) for column, known in encodings.items()]
-        # Numba loads (or compiles) the kernel on its first call, ~0.5 s: paid here, not by the first ride.
+    def __init__(self, layout: KernelLayout, before: Sequence[Any] = ()) -> None:
+        self.layout = layout
+        self.n_features_in = layout.n_features_in
+        self.trees = layout.trees
+        self._arrays = tuple(getattr(layout.trees, name) for name in TreeArrays.__dataclass_fields__)
+        self.order = layout.order
+        self.zone_tables = layout.zone_tables
+        self.encodings = layout.encodings
+        self.before = list(before)
+        # The first call pays for any lazy set-up of the kernel: here, not on the first ride.
         _raw_predict(np.zeros((1, self.n_features_in)), self._arrays, np.empty(1))
 
-    def position(self, column: int) -> int:
-        return int(np.flatnonzero(self.order == column)[0])
+    @classmethod
+    def of(cls, model: Pipeline | HistGradientBoostingRegressor) -> CompiledBooster:
+        layout, before = kernel_layout(model)
+        return cls(layout, before)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         for step in self.before:
@@ -271,6 +287,9 @@ def compile_model(model: Any, name: str = "model") -> Any:
     """The model as the services serve it: compiled when `_raw_predict` reproduces it, else unchanged."""
     if predictor_kind() != "compiled":
         return model
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
+
     booster = model[-1] if isinstance(model, Pipeline) else model
     if not isinstance(booster, HistGradientBoostingRegressor):
         log.info("%s: served by scikit-learn (%s is not compiled)", name, type(booster).__name__)
@@ -279,12 +298,170 @@ def compile_model(model: Any, name: str = "model") -> Any:
     if reason is not None:
         log.warning("%s: served by scikit-learn, the compiled predictor does not handle %s", name, reason)
         return model
-    return CompiledBooster(model)
+    return CompiledBooster.of(model)
+
+
+# ------------------------------------------------------------------------------------------ kernel files
+# A compiled model's layout is saved beside its artifact as `<name>.kernel.npz` (by training, or by the
+# first process that compiles the pickle), so a service reads numpy arrays and never imports scikit-learn:
+# ~80 MB less RSS. The file names the artifact it was made from (its sha256); a file of another artifact, of
+# another format or that does not read back whole (zip CRCs) is ignored and the pickle compiled again.
+
+KERNEL_SUFFIX = ".kernel.npz"
+KERNEL_FORMAT = 1
+_TREE_FIELDS = tuple(f for f in TreeArrays.__dataclass_fields__ if f != "baseline")
+_TREE_DTYPES = {
+    "feature": np.int32,
+    "threshold": np.float64,
+    "right": np.int32,
+    "missing_left": np.bool_,
+    "category_row": np.int32,
+    "value": np.float64,
+    "roots": np.int32,
+    "categories": np.uint32,
+}
+
+
+def kernel_path(folder: Path, name: str) -> Path:
+    return Path(folder) / f"{name}{KERNEL_SUFFIX}"
+
+
+def kernel_arrays(layout: KernelLayout, artifact_sha256: str) -> dict[str, np.ndarray]:
+    """The layout as named arrays (np.savez's shape of it; no pickled objects)."""
+    arrays = {name: getattr(layout.trees, name) for name in _TREE_FIELDS}
+    arrays |= {
+        "format": np.array(KERNEL_FORMAT),
+        "artifact_sha256": np.array(artifact_sha256),
+        "baseline": np.array(layout.trees.baseline),
+        "n_features_in": np.array(layout.n_features_in),
+        "order": layout.order,
+        "zone_positions": np.array([p for p, _c, _t in layout.zone_tables], dtype=np.int64),
+        "zone_columns": np.array([c for _p, c, _t in layout.zone_tables], dtype=np.int64),
+        "encoding_positions": np.array([p for p, _k in layout.encodings], dtype=np.int64),
+    }
+    arrays |= {f"zone_table_{i}": table for i, (_p, _c, table) in enumerate(layout.zone_tables)}
+    arrays |= {f"encoding_{i}": known for i, (_p, known) in enumerate(layout.encodings)}
+    return arrays
+
+
+def layout_of_arrays(data: Mapping[str, np.ndarray]) -> KernelLayout:
+    trees = TreeArrays(
+        **{name: np.ascontiguousarray(data[name], dtype=_TREE_DTYPES[name]) for name in _TREE_FIELDS},
+        baseline=float(data["baseline"]),
+    )
+    zones = zip(data["zone_positions"].tolist(), data["zone_columns"].tolist())
+    return KernelLayout(
+        n_features_in=int(data["n_features_in"]),
+        trees=trees,
+        order=np.asarray(data["order"], dtype=np.int64),
+        zone_tables=tuple(
+            (p, c, np.asarray(data[f"zone_table_{i}"], dtype=np.float64)) for i, (p, c) in enumerate(zones)
+        ),
+        encodings=tuple(
+            (p, np.asarray(data[f"encoding_{i}"], dtype=np.float64))
+            for i, p in enumerate(data["encoding_positions"].tolist())
+        ),
+    )
+
+
+def layout_problem(layout: KernelLayout) -> str | None:
+    """What makes a layout unsafe to walk (an index out of its array), or None. The kernel trusts the
+    indices, so a file's are checked once, here."""
+    t = layout.trees
+    nodes = len(t.feature)
+    if not all(len(a) == nodes for a in (t.threshold, t.right, t.missing_left, t.category_row, t.value)):
+        return "node arrays of different lengths"
+    if nodes == 0 or len(t.roots) == 0 or t.categories.ndim != 2 or t.categories.shape[1] != 8:
+        return "no trees, or a category table not 256 bits wide"
+    splits = np.flatnonzero(t.feature >= 0)
+    checks = {
+        "a root": bool(((t.roots >= 0) & (t.roots < nodes)).all()),
+        "a split's column": bool((t.feature < layout.n_features_in).all()),
+        "a split's children": bool(
+            ((splits + 1 < nodes) & (t.right[splits] > splits) & (t.right[splits] < nodes)).all()
+        ),
+        "a category row": bool((t.category_row < len(t.categories)).all()),
+        "the column order": bool(np.array_equal(np.sort(layout.order), np.arange(layout.n_features_in))),
+        "a table's position": all(
+            0 <= p < layout.n_features_in
+            for p in [p for p, _c, _t in layout.zone_tables] + [p for p, _k in layout.encodings]
+        ),
+    }
+    broken = [what for what, fine in checks.items() if not fine]
+    return f"{broken[0]} out of range" if broken else None
+
+
+def write_kernel(
+    folder: Path, name: str, booster: CompiledBooster, metadata: ArtifactMetadata
+) -> Path | None:
+    """Save `booster`'s layout beside the artifact it was compiled from; None when it has steps that the
+    file cannot hold (they run as scikit-learn objects)."""
+    if booster.before:
+        return None
+    path = kernel_path(folder, name)
+    # (Any: numpy's stub types the keyword arguments as its own `allow_pickle` flag)
+    arrays: dict[str, Any] = kernel_arrays(booster.layout, metadata.artifact_sha256)
+
+    def save(temporary: Path) -> None:
+        with temporary.open("wb") as handle:  # (a path not ending in .npz would get one appended)
+            np.savez(handle, **arrays)
+
+    write_atomically(path, save)
+    return path
+
+
+def read_kernel(folder: Path, name: str, metadata: ArtifactMetadata) -> CompiledBooster | None:
+    """The compiled model saved beside the checked artifact `metadata` describes, or None when there is no
+    usable file (then the pickle is compiled)."""
+    path = kernel_path(folder, name)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            made_from = str(data["artifact_sha256"])
+            if int(data["format"]) != KERNEL_FORMAT or made_from != metadata.artifact_sha256:
+                log.info("%s: made from another artifact or format; compiling the pickle", path)
+                return None
+            layout = layout_of_arrays(data)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        log.warning("%s is unreadable (%s); compiling the pickle instead", path, exc)
+        return None
+    problem = layout_problem(layout)
+    if problem is not None:
+        log.warning("%s is damaged (%s); compiling the pickle instead", path, problem)
+        return None
+    return CompiledBooster(layout)
+
+
+def save_kernel(folder: Path, name: str, booster: CompiledBooster, metadata: ArtifactMetadata) -> None:
+    """`write_kernel` where it is only a cache: a folder this process may not write is logged, not fatal."""
+    try:
+        write_kernel(folder, name, booster, metadata)
+    except OSError as exc:
+        log.warning("could not save %s's kernel file in %s (%s): compiled at each load", name, folder, exc)
+
+
+def export_kernel(folder: Path, name: str, model: Any, metadata: ArtifactMetadata) -> Path | None:
+    """At training: the kernel file of a just-saved model, when the compiled predictor serves it."""
+    compiled = compile_model(model, name)
+    return write_kernel(folder, name, compiled, metadata) if isinstance(compiled, CompiledBooster) else None
 
 
 def load_compiled_model(
     models_dir: Path, model: str, features: Sequence[str], version: str | None = None
 ) -> LoadedModel:
-    """`load_serving_model`, compiled: what every scorer scores with."""
-    loaded = load_serving_model(models_dir, model, features, version)
-    return dataclasses.replace(loaded, model=compile_model(loaded.model, f"{model} {loaded.version}"))
+    """What every scorer scores with: the checked artifact (shared.models) of `serving_folder`, served by
+    its kernel file when it has a current one (scikit-learn is never imported then), else its pickle,
+    compiled (and the kernel file saved for the next load) or, when the kernel does not reproduce it, as
+    scikit-learn's."""
+    folder = serving_folder(models_dir, model, version)
+    metadata = checked_artifact(folder, model, features)
+    if predictor_kind() == "compiled":
+        booster = read_kernel(folder, model, metadata)
+        if booster is not None:
+            return LoadedModel(model=booster, metadata=metadata)
+    loaded = unpickle_model(folder, model, metadata)
+    served = compile_model(loaded.model, f"{model} {metadata.version}")
+    if isinstance(served, CompiledBooster):
+        save_kernel(folder, model, served, metadata)
+    return dataclasses.replace(loaded, model=served)

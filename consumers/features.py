@@ -9,8 +9,8 @@ distance, pace so far) is computed once, by `start_features` / `progress_feature
 ride scored live gets exactly the feature row it would have had in training (tests/unit/test_features.py
 checks this), and serving is vectorized: list comprehensions and numpy, no per-row DataFrame work.
 
-`ZoneCategories` is the one fitted step in front of the regressors: it turns zone ids into the <= 255
-categories that HistGradientBoostingRegressor accepts.
+`ZoneCategories` (consumers/zone_encoder.py) is the one fitted step in front of the regressors: it turns
+zone ids into the <= 255 categories that HistGradientBoostingRegressor accepts.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 
 from schemas.events import RideProgress, RideStarted
 
@@ -282,36 +281,11 @@ def baseline_dicts(
     ]
 
 
-# ------------------------------------------------------------------------------------- fitted encoding
+def __getattr__(name: str) -> type[Any]:
+    # Artifacts pickled before the encoder moved to consumers/zone_encoder.py name it here. Importing it
+    # lazily keeps scikit-learn out of every process that only builds features (a scoring service).
+    if name == "ZoneCategories":
+        from consumers.zone_encoder import ZoneCategories
 
-
-class ZoneCategories(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # untyped bases (no stubs)
-    """Zone ids (1..265) → category codes HistGradientBoostingRegressor accepts (at most 255 per feature).
-
-    Each zone column keeps its `max_categories - 1` most frequent zones as their own category; the rare
-    and the never-seen share the last one. A month of green rides touches ~256 dropoff zones, one more
-    than the booster allows, and the zones beyond the top 254 have a handful of rides each.
-    """
-
-    def __init__(self, columns: tuple[int, ...] = ZONE_COLUMNS, max_categories: int = 255) -> None:
-        self.columns = columns
-        self.max_categories = max_categories
-
-    def fit(self, X: np.ndarray, y: Any = None) -> Self:
-        other = self.max_categories - 1
-        self.codes_: list[np.ndarray] = []
-        for column in self.columns:
-            zones = np.clip(X[:, column].astype(np.int64), 0, HIGHEST_ZONE_ID)
-            counts = np.bincount(zones, minlength=HIGHEST_ZONE_ID + 1)
-            by_frequency = np.argsort(-counts, kind="stable")
-            kept = by_frequency[:other][counts[by_frequency[:other]] > 0]
-            codes = np.full(HIGHEST_ZONE_ID + 1, float(other))
-            codes[np.sort(kept)] = np.arange(len(kept), dtype=np.float64)
-            self.codes_.append(codes)
-        return self
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        encoded = np.array(X, dtype=np.float64, copy=True)
-        for column, codes in zip(self.columns, self.codes_):
-            encoded[:, column] = codes[np.clip(encoded[:, column].astype(np.int64), 0, HIGHEST_ZONE_ID)]
-        return encoded
+        return ZoneCategories
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ from shared.kafka import wait_for_cluster
 from shared.lifecycle import run_guarded
 from shared.metrics import ServiceMetrics
 from shared.protocols import Scorer
-from shared.registry import CHAMPION, ModelRegistry, registry_present
+from shared.registry import CHAMPION, registry_present, serving_registry
 from shared.reload import HotReloader, Plan, Versions, changed_versions, desired_plan, pinned
 from shared.runner import RunStats
 from shared.service import ServiceSettings, run_service
@@ -94,7 +94,7 @@ def follow_control(
 ) -> tuple[Scorer, HotReloader]:
     """The scorer of the plan the control log (read to its end) asks for, or else of the registry's
     champions, and the hot reloader that follows the log from there."""
-    registry = ModelRegistry(settings.models_dir)
+    registry = serving_registry(settings.models_dir)
     champions = {m: v for m in spec.models if (v := registry.alias_version(m, CHAMPION)) is not None}
 
     def refused(versions: Versions, reason: str) -> None:

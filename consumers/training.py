@@ -40,12 +40,12 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 
+from consumers.compiled import export_kernel
 from consumers.features import (
     BASELINE_FEATURES,
     PROGRESS_FEATURES,
     START_FEATURES,
     ZONE_COLUMNS,
-    ZoneCategories,
     baseline_dicts,
     epoch_seconds,
     progress_columns_from_trips,
@@ -54,6 +54,7 @@ from consumers.features import (
     start_features,
 )
 from consumers.scoring import openmp_threads, tip_where_recorded
+from consumers.zone_encoder import ZoneCategories
 from schemas.ride_path import covered_distance
 from shared.errors import ConfigError, DataSourceError
 from shared.models import (
@@ -498,11 +499,18 @@ def train_models(
 
 
 def register_trained(
-    registry: ModelRegistry, models_dir: Path, metadata: ArtifactMetadata, promote: bool
+    registry: ModelRegistry,
+    models_dir: Path,
+    metadata: ArtifactMetadata,
+    promote: bool,
+    kernel: Path | None = None,
 ) -> str:
-    """Register the files just saved in `models_dir` as a new version of their model."""
-    with tempfile.TemporaryDirectory(prefix=f"ridestream-register-{metadata.name}-") as staging:
-        for path in (artifact_path(models_dir, metadata.name), metadata_path(models_dir, metadata.name)):
+    """Register the files just saved in `models_dir` (and the model's kernel file, when it has one) as a
+    new version of their model."""
+    name = metadata.name
+    files = [artifact_path(models_dir, name), metadata_path(models_dir, name), *([kernel] if kernel else [])]
+    with tempfile.TemporaryDirectory(prefix=f"ridestream-register-{name}-") as staging:
+        for path in files:
             shutil.copy2(path, Path(staging) / path.name)
         return registry.register(Path(staging), metadata, promote=promote)
 
@@ -536,7 +544,8 @@ def train_all(
             metrics={"validation": validation},
             params=params,
         )
-        registered = register_trained(registry, models_dir, metadata, promote)
+        kernel = export_kernel(models_dir, recipe.name, model, metadata)
+        registered = register_trained(registry, models_dir, metadata, promote, kernel)
         seconds = round(time.monotonic() - began, 2)
         results[recipe.name] = {
             "version": metadata.version,

@@ -22,6 +22,8 @@ from shared.errors import DeliveryError, KafkaUnavailableError
 from shared.guarantees import DeliveryLedger
 from shared.kafka import (
     OFFSET_BEGINNING,
+    KafkaError,
+    KafkaException,
     Producer,
     TopicPartition,
     ensure_topic,
@@ -38,6 +40,13 @@ CONTROL_TOPIC_CONFIG = {
     "segment.ms": "3600000",
 }
 PUBLISH_TIMEOUT_S = 15.0
+# What a partition's offsets answer before the client's metadata has its new topic.
+NOT_YET_KNOWN = (
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.LEADER_NOT_AVAILABLE,
+)
+METADATA_RETRY_S = 0.1
 
 
 def ensure_control_topic(client_config: Mapping[str, str], topic: str = CONTROL_TOPIC) -> None:
@@ -103,9 +112,7 @@ class ControlLog:
     def read_to_end(self, timeout_s: float = 30.0) -> dict[str, bytes]:
         """Every record up to the log's current end; the latest value per key."""
         deadline = time.monotonic() + timeout_s
-        _low, end = self.consumer.get_watermark_offsets(
-            TopicPartition(self.topic, 0), timeout=max(1.0, timeout_s)
-        )
+        end = self.end_offset(deadline)
         while self.position() < end:
             if time.monotonic() > deadline:
                 raise KafkaUnavailableError(
@@ -114,6 +121,21 @@ class ControlLog:
                 )
             self.poll(0.5)
         return dict(self.state)
+
+    def end_offset(self, deadline: float) -> int:
+        while True:
+            try:
+                _low, end = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, 0), timeout=max(1.0, deadline - time.monotonic())
+                )
+                return int(end)
+            except KafkaException as exc:
+                # A topic created a moment ago (by this process, first in a new cluster) is not in the
+                # client's metadata yet: ask again until the deadline.
+                code = exc.args[0].code() if exc.args else None
+                if code not in NOT_YET_KNOWN or time.monotonic() > deadline:
+                    raise
+                time.sleep(METADATA_RETRY_S)
 
     def position(self) -> int:
         """The next offset to read (the log's compacted gaps and transaction markers included)."""

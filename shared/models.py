@@ -19,17 +19,15 @@ while `ridestream train` runs sees the old model or the new one, never half of o
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import joblib
-import sklearn
 
 from shared.errors import ModelArtifactError
 
@@ -117,7 +115,13 @@ def sklearn_minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def _write_atomically(path: Path, write: Any) -> None:
+def installed_sklearn_version() -> str:
+    # From the package's metadata: a scoring process that serves compiled kernels never imports scikit-learn
+    # (~80 MB of RSS with scipy), yet still refuses an artifact fit by another minor release.
+    return importlib.metadata.version("scikit-learn")
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
@@ -145,12 +149,14 @@ def save_model(
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     stamp = (trained_at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
+    import joblib
+
     target = artifact_path(models_dir, name)
-    _write_atomically(target, lambda tmp: joblib.dump(model, tmp))
+    write_atomically(target, lambda tmp: joblib.dump(model, tmp))
     metadata = ArtifactMetadata(
         name=name,
         version=model_version(training_data, params, stamp),
-        sklearn_version=sklearn.__version__,
+        sklearn_version=installed_sklearn_version(),
         features=list(features),
         training_data=training_data,
         trained_at=stamp,
@@ -159,7 +165,7 @@ def save_model(
         artifact_file=target.name,
         artifact_sha256=file_sha256(target),
     )
-    _write_atomically(metadata_path(models_dir, name), lambda tmp: tmp.write_text(metadata.to_json()))
+    write_atomically(metadata_path(models_dir, name), lambda tmp: tmp.write_text(metadata.to_json()))
     return metadata
 
 
@@ -179,10 +185,11 @@ def read_metadata(models_dir: Path, name: str) -> ArtifactMetadata:
 def check_compatible(
     metadata: ArtifactMetadata, path: Path, expected_features: Sequence[str], hint: str
 ) -> None:
-    if sklearn_minor(metadata.sklearn_version) != sklearn_minor(sklearn.__version__):
+    installed = installed_sklearn_version()
+    if sklearn_minor(metadata.sklearn_version) != sklearn_minor(installed):
         raise ModelArtifactError(
             f"model {path} is incompatible: fit with scikit-learn {metadata.sklearn_version}, this is "
-            f"{sklearn.__version__} (pickles only load within one minor release); {hint}"
+            f"{installed} (pickles only load within one minor release); {hint}"
         )
     if list(metadata.features) != list(expected_features):
         raise ModelArtifactError(
@@ -191,8 +198,9 @@ def check_compatible(
         )
 
 
-def load_model(models_dir: Path, name: str, expected_features: Sequence[str]) -> LoadedModel:
-    """The artifact `name`, after checking it is present, intact and fit for the features this code builds."""
+def checked_artifact(models_dir: Path, name: str, expected_features: Sequence[str]) -> ArtifactMetadata:
+    """The metadata of the artifact `name`, after checking it is present, intact and fit for the features
+    this code builds; a ModelArtifactError saying which and what to do otherwise."""
     models_dir = Path(models_dir)
     hint = RETRAIN_HINT.format(models_dir=models_dir)
     metadata = read_metadata(models_dir, name)
@@ -208,6 +216,15 @@ def load_model(models_dir: Path, name: str, expected_features: Sequence[str]) ->
             f"recorded at training time; {hint}"
         )
     check_compatible(metadata, path, expected_features, hint)
+    return metadata
+
+
+def unpickle_model(models_dir: Path, name: str, metadata: ArtifactMetadata) -> LoadedModel:
+    """The checked artifact's model itself (scikit-learn and all it imports)."""
+    import joblib
+
+    path = artifact_path(models_dir, name)
+    hint = RETRAIN_HINT.format(models_dir=models_dir)
     try:
         model = joblib.load(path)
     except Exception as exc:  # unpickling raises anything from EOFError to ModuleNotFoundError
@@ -217,3 +234,8 @@ def load_model(models_dir: Path, name: str, expected_features: Sequence[str]) ->
             f"model {path} is corrupt: it holds a {type(model).__name__}, not a model; {hint}"
         )
     return LoadedModel(model=model, metadata=metadata)
+
+
+def load_model(models_dir: Path, name: str, expected_features: Sequence[str]) -> LoadedModel:
+    """The artifact `name`, after checking it is present, intact and fit for the features this code builds."""
+    return unpickle_model(models_dir, name, checked_artifact(models_dir, name, expected_features))

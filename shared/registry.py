@@ -23,12 +23,16 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
 from shared.errors import ConfigError, ModelArtifactError
 from shared.models import ArtifactMetadata, LoadedModel, artifact_path, load_model, metadata_path
@@ -252,30 +256,42 @@ class ModelRegistry:
         self, model: str, features: Sequence[str], alias: str | None = CHAMPION, version: str | None = None
     ) -> LoadedModel:
         """The registered version (by alias or number), downloaded and checked like any artifact."""
+        return load_model(self.local_copy(model, alias, version), model, features)
+
+    def local_copy(self, model: str, alias: str | None = CHAMPION, version: str | None = None) -> Path:
+        """The folder of the registered version's files (by alias or number), downloaded once into the
+        serving cache; its files are checked by whoever loads them."""
         found = self.version_of(model, alias, version)
         local = self.models_dir / SERVING_CACHE / model / str(found.version)
         if not complete(local, model):
             self.download(found.run_id, local, model)
-        return load_model(local, model, features)
+        return local
 
     def download(self, run_id: str, target: Path, model: str | None = None) -> None:
-        """The version's files into `target`, whole or not at all (a staging folder renamed into place).
-        Replicas sharing one cache may download the same version at once: whichever renames first wins,
-        and a complete folder already there is kept."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        """The version's files into `target`, whole or not at all (see `install_copy`)."""
+        install_copy(
+            target, model, lambda staging: Path(self.client.download_artifacts(run_id, "model", str(staging)))
+        )
+
+
+def install_copy(target: Path, model: str | None, fetch: Callable[[Path], Path]) -> None:
+    """A version's files into `target`, whole or not at all: `fetch` puts them in a staging folder (and
+    returns where), which is renamed into place. Replicas sharing one cache may fetch the same version at
+    once: whichever renames first wins, and a complete folder already there is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fetched = fetch(staging)
+        if model is not None and complete(target, model):
+            return
+        shutil.rmtree(target, ignore_errors=True)
         try:
-            fetched = Path(self.client.download_artifacts(run_id, "model", str(staging)))
-            if model is not None and complete(target, model):
-                return
-            shutil.rmtree(target, ignore_errors=True)
-            try:
-                fetched.rename(target)
-            except OSError:
-                if model is None or not complete(target, model):
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            fetched.rename(target)
+        except OSError:
+            if model is None or not complete(target, model):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def complete(folder: Path, model: str) -> bool:
@@ -302,16 +318,130 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return flat
 
 
+class EmbeddedStore:
+    """What a scoring process reads from the embedded registry (the SQLite store in `models_dir`), through
+    the standard library's sqlite3 instead of MLflow's client. The client's import alone is ~170 MB of RSS
+    (pandas, pyarrow, scipy, SQLAlchemy...), more than half a service's budget, for the three questions a
+    service asks: which version an alias names, when aliases were last moved, and where a version's files
+    are. The queries name MLflow's own tables, opened read-only; tests/unit/test_registry_reader.py holds
+    every answer to the client's on a real store. A store these queries do not fit (another schema, a
+    workspace other than the default, artifacts that are not local files) is served by ModelRegistry, and
+    so is the one write a service makes, tagging a version it refused (rare: MLflow is imported then)."""
+
+    TABLES = {
+        "registered_model_aliases": ("name", "alias", "version"),
+        "registered_model_tags": ("name", "key", "value"),
+        "model_versions": ("name", "version", "run_id", "source"),
+        "runs": ("run_uuid", "artifact_uri"),
+    }
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = Path(models_dir)
+        self.database = self.models_dir / DATABASE
+        self.uri = tracking_uri(self.models_dir)
+
+    @classmethod
+    def opened(cls, models_dir: Path) -> EmbeddedStore | None:
+        """The reader of `models_dir`'s store, or None when its tables are not the ones it reads."""
+        store = cls(models_dir)
+        try:
+            for table, columns in cls.TABLES.items():
+                store.rows(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
+            if store.other_workspaces():
+                return None
+        except sqlite3.Error as exc:
+            log.info("registry %s read through MLflow: %s", store.database, exc)
+            return None
+        return store
+
+    def rows(self, query: str, *parameters: str) -> list[tuple[Any, ...]]:
+        # Read-only, so a service never creates, migrates or locks the store for writing; the timeout
+        # waits out a training or an alias move committing.
+        location = f"{self.database.resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(location, uri=True, timeout=30.0)) as connection:
+            return connection.execute(query, parameters).fetchall()
+
+    def other_workspaces(self) -> bool:
+        try:
+            found = self.rows("SELECT 1 FROM registered_models WHERE workspace != 'default' LIMIT 1")
+        except sqlite3.OperationalError:  # a store from before MLflow's workspaces
+            return False
+        return bool(found)
+
+    def alias_version(self, model: str, alias: str) -> str | None:
+        found = self.rows(
+            "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", model, alias
+        )
+        return str(found[0][0]) if found else None
+
+    def aliases_moved_at(self, model: str) -> datetime | None:
+        found = self.rows(
+            "SELECT value FROM registered_model_tags WHERE name = ? AND key = ?", model, ALIASES_MOVED_TAG
+        )
+        return datetime.fromisoformat(found[0][0]) if found and found[0][0] else None
+
+    def mark_refused(self, model: str, version: str, reason: str) -> None:
+        ModelRegistry(self.models_dir).mark_refused(model, version, reason)
+
+    def local_copy(self, model: str, alias: str | None = CHAMPION, version: str | None = None) -> Path:
+        """As ModelRegistry.local_copy: the version's files, copied once into the serving cache."""
+        number = self.alias_version(model, alias) if alias is not None else version
+        found = self.rows(
+            "SELECT run_id, source FROM model_versions WHERE name = ? AND version = ?", model, str(number)
+        )
+        if number is None or not found:
+            what = f"{model}@{alias}" if alias is not None else f"{model}/{version}"
+            raise ModelArtifactError(
+                f"model {what} is not in the registry at {self.uri} (no such registered version); "
+                f"train with `ridestream train --models {self.models_dir}` or list versions with "
+                "`ridestream models list`"
+            )
+        local = self.models_dir / SERVING_CACHE / model / str(number)
+        if complete(local, model):
+            return local
+        files = self.artifact_folder(*found[0])
+        if files is None:
+            return ModelRegistry(self.models_dir).local_copy(model, alias, version)
+        install_copy(local, model, lambda staging: Path(shutil.copytree(files, staging / "model")))
+        return local
+
+    def artifact_folder(self, run_id: str, source: str) -> Path | None:
+        """The local folder of a version registered from `runs:/<run>/model` (how `register` logs every
+        version), or None for anything else."""
+        if source != f"runs:/{run_id}/model":
+            return None
+        found = self.rows("SELECT artifact_uri FROM runs WHERE run_uuid = ?", run_id)
+        if not found or not str(found[0][0]).startswith("file:"):
+            return None
+        folder = Path(url2pathname(unquote(urlparse(found[0][0]).path))) / "model"
+        return folder if folder.is_dir() else None
+
+
+def serving_registry(models_dir: Path) -> EmbeddedStore | ModelRegistry:
+    """What a service reads its registry through: the lean reader of the embedded store when it fits,
+    else MLflow's client (a tracking server, or a store the reader does not know)."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        store = EmbeddedStore.opened(models_dir)
+        if store is not None:
+            return store
+    return ModelRegistry(models_dir)
+
+
+def serving_folder(models_dir: Path, model: str, version: str | None = None) -> Path:
+    """Where a service's model files are: the registry's `version` (its champion when None), downloaded,
+    when `models_dir` has a registry (or a server is configured), else `models_dir` itself (a directory
+    from before the registry, which has no versions to choose from)."""
+    if registry_present(models_dir):
+        registry = serving_registry(models_dir)
+        if version is not None:
+            return registry.local_copy(model, alias=None, version=version)
+        return registry.local_copy(model)
+    log.info("no registry in %s: serving the plain artifact files", models_dir)
+    return Path(models_dir)
+
+
 def load_serving_model(
     models_dir: Path, model: str, features: Sequence[str], version: str | None = None
 ) -> LoadedModel:
-    """What a service scores with: the registry's `version` (its champion when None) when `models_dir` has a
-    registry (or a server is configured), else the plain artifact files in `models_dir` (a directory from
-    before the registry, which has no versions to choose from)."""
-    if registry_present(models_dir):
-        registry = ModelRegistry(models_dir)
-        if version is not None:
-            return registry.load(model, features, alias=None, version=version)
-        return registry.load(model, features)
-    log.info("no registry in %s: serving the plain artifact files", models_dir)
-    return load_model(models_dir, model, features)
+    """What a service scores with, unpickled: the model files of `serving_folder`, checked."""
+    return load_model(serving_folder(models_dir, model, version), model, features)

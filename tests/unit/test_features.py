@@ -17,7 +17,6 @@ from consumers.features import (
     START_FEATURES,
     ZONE_COLUMNS,
     ProgressColumns,
-    ZoneCategories,
     local_hour_and_weekday,
     progress_columns_from_events,
     progress_columns_from_trips,
@@ -27,6 +26,7 @@ from consumers.features import (
     start_features,
 )
 from consumers.training import sample_progress
+from consumers.zone_encoder import ZoneCategories
 from producer.source import ride_events
 from producer.synthetic import synthesize_trips
 from producer.trips import read_trips
