@@ -7,7 +7,10 @@ hypothesis: NaN and infinities in any column, zones never seen in training, nega
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -18,7 +21,16 @@ from hypothesis.extra.numpy import arrays
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression
 
-from consumers.compiled import PREDICTOR_ENV, CompiledBooster, compile_model, flatten_trees, ordinal_codes
+from consumers import _treewalk
+from consumers.compiled import (
+    PREDICTOR_ENV,
+    CompiledBooster,
+    TreeArrays,
+    _raw_predict,
+    compile_model,
+    flatten_trees,
+    ordinal_codes,
+)
 from consumers.cost.scorer import load_scorer as load_cost
 from consumers.duration.scorer import load_scorer as load_duration
 from consumers.features import start_columns_from_trips, start_features
@@ -149,6 +161,74 @@ def test_a_row_of_the_wrong_width_is_refused_naming_the_shape(pipelines: dict[st
     compiled = compile_model(pipelines["tip"])
     with pytest.raises(ValueError, match="features"):
         compiled.predict(np.zeros((2, 3)))
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    array = array.copy()
+    array.flags.writeable = False
+    return array
+
+
+@pytest.mark.parametrize(
+    ("argument", "spoil", "message"),
+    [
+        (0, lambda X: X.astype(np.float32), "X: expected a 2-D float64"),
+        (0, lambda X: X[:, 0], "X: expected a 2-D float64"),
+        (0, lambda X: X.tolist(), "X: expected a strided float64 array, got list"),
+        (1, lambda feature: feature.astype(np.int64), "feature: expected a 1-D int32"),
+        (2, lambda threshold: threshold[:-1], "threshold: .* items, feature has"),
+        (4, lambda missing_left: missing_left.astype(np.int8), "missing_left: expected a 1-D bool"),
+        (7, lambda roots: roots + 10**6, "roots: tree 0 starts at node"),
+        (8, lambda categories: categories[:, :4].copy(), "categories: rows of 4 words"),
+        (8, lambda categories: categories[:, ::2], "categories: expected a C-contiguous uint32"),
+        (10, lambda out: out[:2], "out: 2 items for 3 rows"),
+        (10, read_only, "out: expected a writable C-contiguous float64"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_the_kernel_refuses_a_wrong_buffer_with_a_value_error(
+    argument: int, spoil: Callable[[np.ndarray], object], message: str
+) -> None:
+    """The C walk checks what it cheaply can (dtype, dimensions, lengths, roots) instead of reading past a
+    buffer: a wrong argument is a ValueError naming it, never a crash."""
+    rng = np.random.default_rng(6)
+    X = np.column_stack((rng.integers(0, 9, 400).astype(float), rng.normal(size=400)))
+    booster = HistGradientBoostingRegressor(categorical_features=[0], max_iter=5).fit(X, X[:, 1])
+    flat = flatten_trees(booster)
+    trees = tuple(getattr(flat, name) for name in TreeArrays.__dataclass_fields__)
+    rows = np.array([[0.0, -1.0], [3.0, 0.5], [np.nan, 2.0]])
+    arguments: list[Any] = [rows, *trees, np.empty(3)]
+    arguments[argument] = spoil(arguments[argument])
+    with pytest.raises(ValueError, match=message):
+        _treewalk.walk(*arguments)
+    assert np.array_equal(_raw_predict(rows, trees, np.empty(3)), sklearn_predict(booster, rows))
+
+
+def test_rows_in_any_layout_predict_the_same_numbers(
+    pipelines: dict[str, object], rows: dict[str, np.ndarray]
+) -> None:
+    X = rows["start"][:500]
+    compiled = compile_model(pipelines["cost"])
+    expected = compiled.predict(np.ascontiguousarray(X))
+    assert np.array_equal(compiled.predict(np.asfortranarray(X)), expected)
+    assert np.array_equal(compiled.predict(X[::-1])[::-1], expected)
+
+
+def test_two_threads_predicting_at_once_get_one_threads_numbers(
+    pipelines: dict[str, object], rows: dict[str, np.ndarray]
+) -> None:
+    """The batch job predicts from two threads (the walk releases the GIL): neither disturbs the other."""
+    X = rows["start"]
+    compiled = compile_model(pipelines["cost"])
+    halves = (X[: len(X) // 2], X[len(X) // 2 :])
+    expected = [compiled.predict(half) for half in halves]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            got = list(pool.map(compiled.predict, halves))
+            assert all(np.array_equal(g, e) for g, e in zip(got, expected))
+            both = list(pool.map(compiled.predict, (X, X)))
+            assert np.array_equal(both[0], both[1])
+            assert np.array_equal(both[0], np.concatenate(expected))
 
 
 def test_the_services_score_with_the_compiled_models(models_dir: Path) -> None:
