@@ -54,8 +54,6 @@ STAMP_NAME = "ridestream-quix.stamp"
 # shared/models.py refuses an artifact fit by another scikit-learn major.minor.
 MATCH_MAIN_VENV = (
     "scikit-learn", "numpy", "scipy", "joblib", "threadpoolctl", "pandas", "pyarrow",
-    # the compiled tree walk (consumers/compiled.py) the scorer predicts with
-    "numba", "llvmlite",
     # the model registry (shared/registry.py) the scorer loads its versions from
     "mlflow-skinny", "sqlalchemy", "alembic",
 )  # fmt: skip

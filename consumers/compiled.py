@@ -256,7 +256,7 @@ class CompiledBooster:
         rows = np.asarray(X, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.n_features_in:
             raise ValueError(f"expected rows of {self.n_features_in} features, got shape {rows.shape}")
-        ordered = rows[:, self.order]  # (a fresh C-ordered copy)
+        ordered = rows[:, self.order]  # (a fresh copy, Fortran-ordered: the walk reads it by strides)
         for position, column, table in self.zone_tables:
             # ZoneCategories' own indexing: cast, then clip to the table (np.clip itself costs ~8 µs a call).
             zone = np.minimum(np.maximum(rows[:, column].astype(np.int64), 0), len(table) - 1)
