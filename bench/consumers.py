@@ -556,9 +556,10 @@ def cpu_ratio(result: Mapping[str, Any], name: str) -> float | None:
     contenders = result["contenders"]
     if name not in contenders or "passthrough" not in contenders:
         return None
-    return float(contenders[name]["cpu_s_per_1k_events"]) / float(
-        contenders["passthrough"]["cpu_s_per_1k_events"]
-    )
+    ceiling = float(contenders["passthrough"]["cpu_s_per_1k_events"])
+    if ceiling <= 0:  # a drain shorter than the sampler's 0.1 s step measured no CPU: nothing to divide by
+        return None
+    return float(contenders[name]["cpu_s_per_1k_events"]) / ceiling
 
 
 # The performance issues' targets (the compiled hot path's, issue 16, where it set one): (label, how to read

@@ -123,3 +123,14 @@ def test_the_soak_line_states_its_window_and_old_results_still_render() -> None:
     old = {"contender": "ridestream-alo", "events": 1_000_000, "rss_mb_second_tenth": 304.7}
     old |= {"rss_mb_last_tenth": 463.0, "growth": 0.5195}
     assert "start-up included" in soak_line(old)
+
+
+def test_a_passthrough_drain_too_short_to_sample_its_cpu_is_not_judged() -> None:
+    result = {
+        "ratios": {},
+        "contenders": {
+            "passthrough": {**contender(200_000), "cpu_s_per_1k_events": 0.0},
+            "ridestream-alo": {**contender(50_000), "cpu_s_per_1k_events": 0.02},
+        },
+    }
+    assert "CPU per event" not in "\n".join(targets_table(result))
