@@ -235,15 +235,19 @@ class CompiledBooster:
 
     def __init__(self, layout: KernelLayout, before: Sequence[Any] = ()) -> None:
         self.layout = layout
-        self.n_features_in = layout.n_features_in
-        self.trees = layout.trees
         self._arrays = tuple(getattr(layout.trees, name) for name in TreeArrays.__dataclass_fields__)
-        self.order = layout.order
-        self.zone_tables = layout.zone_tables
-        self.encodings = layout.encodings
         self.before = list(before)
-        # The first call pays for any lazy set-up of the kernel: here, not on the first ride.
+        # One walk at load: the C kernel's checks of every array (dtype, lengths, roots) refuse a bad layout
+        # here, not on the first ride.
         _raw_predict(np.zeros((1, self.n_features_in)), self._arrays, np.empty(1))
+
+    @property
+    def n_features_in(self) -> int:
+        return self.layout.n_features_in
+
+    @property
+    def trees(self) -> TreeArrays:
+        return self.layout.trees
 
     @classmethod
     def of(cls, model: Pipeline | HistGradientBoostingRegressor) -> CompiledBooster:
@@ -256,12 +260,13 @@ class CompiledBooster:
         rows = np.asarray(X, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.n_features_in:
             raise ValueError(f"expected rows of {self.n_features_in} features, got shape {rows.shape}")
-        ordered = rows[:, self.order]  # (a fresh copy, Fortran-ordered: the walk reads it by strides)
-        for position, column, table in self.zone_tables:
+        layout = self.layout
+        ordered = rows[:, layout.order]  # (a fresh copy, Fortran-ordered: the walk reads it by strides)
+        for position, column, table in layout.zone_tables:
             # ZoneCategories' own indexing: cast, then clip to the table (np.clip itself costs ~8 µs a call).
             zone = np.minimum(np.maximum(rows[:, column].astype(np.int64), 0), len(table) - 1)
             ordered[:, position] = table[zone]
-        for position, known in self.encodings:
+        for position, known in layout.encodings:
             ordered[:, position] = ordinal_codes(ordered[:, position], known)
         out = np.empty(len(ordered), dtype=np.float64)
         return _raw_predict(ordered, self._arrays, out)

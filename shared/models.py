@@ -146,11 +146,11 @@ def save_model(
     trained_at: datetime | None = None,
 ) -> ArtifactMetadata:
     """Write `<name>.joblib`, then `<name>.json` with its sha256; return the metadata written."""
+    import joblib
+
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     stamp = (trained_at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
-    import joblib
-
     target = artifact_path(models_dir, name)
     write_atomically(target, lambda tmp: joblib.dump(model, tmp))
     metadata = ArtifactMetadata(

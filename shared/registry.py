@@ -212,11 +212,8 @@ class ModelRegistry:
                 return self.client.get_model_version_by_alias(model, alias)
             return self.client.get_model_version(model, str(version))
         except MlflowException as exc:
-            what = f"{model}@{alias}" if alias is not None else f"{model}/{version}"
-            raise ModelArtifactError(
-                f"model {what} is not in the registry at {self.uri} ({exc.message.splitlines()[0]}); "
-                f"train with `ridestream train --models {self.models_dir}` or list versions with "
-                "`ridestream models list`"
+            raise not_registered(
+                model, alias, version, self.uri, self.models_dir, exc.message.splitlines()[0]
             ) from None
 
     def models(self) -> list[str]:
@@ -292,6 +289,17 @@ def install_copy(target: Path, model: str | None, fetch: Callable[[Path], Path])
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def not_registered(
+    model: str, alias: str | None, version: str | None, uri: str, models_dir: Path, detail: str
+) -> ModelArtifactError:
+    """The one refusal of a version the registry does not hold, whichever reader asked."""
+    what = f"{model}@{alias}" if alias is not None else f"{model}/{version}"
+    return ModelArtifactError(
+        f"model {what} is not in the registry at {uri} ({detail}); train with "
+        f"`ridestream train --models {models_dir}` or list versions with `ridestream models list`"
+    )
 
 
 def complete(folder: Path, model: str) -> bool:
@@ -390,11 +398,8 @@ class EmbeddedStore:
             "SELECT run_id, source FROM model_versions WHERE name = ? AND version = ?", model, str(number)
         )
         if number is None or not found:
-            what = f"{model}@{alias}" if alias is not None else f"{model}/{version}"
-            raise ModelArtifactError(
-                f"model {what} is not in the registry at {self.uri} (no such registered version); "
-                f"train with `ridestream train --models {self.models_dir}` or list versions with "
-                "`ridestream models list`"
+            raise not_registered(
+                model, alias, version, self.uri, self.models_dir, "no such registered version"
             )
         local = self.models_dir / SERVING_CACHE / model / str(number)
         if complete(local, model):
