@@ -191,6 +191,11 @@ class ServiceMetrics:
     def on_lag(self, topic: str, partition: int, lag: int) -> None:
         self.lag.labels(self.service, topic, str(partition)).set(lag)
 
+    def forget_lag(self, topic: str, partition: int) -> None:
+        """A partition that left this instance: its lag is its next owner's to report. (A series left
+        behind would hold its last value for good: summed lag counted twice, an alert on the wrong pod.)"""
+        self.lag.remove(self.service, topic, str(partition))  # (a series never set: nothing to remove)
+
     def on_loop(self, ready: bool) -> None:
         self.last_loop = time.monotonic()
         self.ready = ready

@@ -601,6 +601,7 @@ class ServiceRunner:
         for partition in partitions:
             # Its next owner writes its own switch records; ours, if it comes back, are read from the log.
             self.switches.pop((partition.topic, partition.partition), None)
+            self.metrics.forget_lag(partition.topic, partition.partition)
         self.switches_recorded_for = 0  # the next assignment's partitions get theirs
 
     def close(self, clean: bool = True) -> None:
