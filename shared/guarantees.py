@@ -47,6 +47,19 @@ LOST_OWNERSHIP = frozenset(
         KafkaError._ASSIGNMENT_LOST,
     }
 )
+# Offset-commit errors of a coordinator that is loading, moving or briefly unreachable (a broker restart):
+# the group still owns the partitions, so their offsets are simply committed at the next interval.
+COMMIT_LATER = frozenset(
+    {
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._WAIT_COORD,
+    }
+)
 # Exit code when a transactional call overran its deadline (sysexits EX_SOFTWARE): restart the instance.
 EXIT_TRANSACTION_STUCK = 70
 # Grace beyond a transactional call's own timeout before the watchdog gives up on it.
@@ -276,7 +289,8 @@ class AtLeastOnce(IntervalCommitter):
 
     def commit(self) -> bool:
         """Flush → verify every delivery report → commit the offsets, in that order. Returns False when the
-        group had moved the partitions away (their new owner replays from the last commit: duplicates)."""
+        offsets were not committed: the group had moved the partitions away (their new owner replays from
+        the last commit: duplicates), or the coordinator was not ready (those still owned go next time)."""
         if self.abandoned:
             return False
         if self.pending.since is None:
@@ -291,12 +305,16 @@ class AtLeastOnce(IntervalCommitter):
                 self.consumer.commit(positions)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.code() not in LOST_OWNERSHIP:
+            if error.code() in LOST_OWNERSHIP:
+                # The group moved on while these records were processed: their outputs are delivered, and a
+                # partition's new owner consumes them again from the last commit (duplicates, never loss).
+                log.warning("%s: offsets not committed, the group rebalanced (%s)", self.service, error)
+            elif error.code() in COMMIT_LATER or error.retriable():
+                # (once a broker restart ended a service here: COORDINATOR_LOAD_IN_PROGRESS, results/faults)
+                log.warning("%s: offsets not committed yet, retried next interval (%s)", self.service, error)
+            else:
                 raise
-            # The group moved on while these records were processed: their outputs are delivered, and a
-            # partition's new owner consumes them again from the last commit (duplicates, never loss). The
-            # partitions this instance still owns keep their positions for the next commit.
-            log.warning("%s: offsets not committed, the group rebalanced (%s)", self.service, error)
+            # Either way the partitions this instance still owns keep their positions for the next commit.
             self.pending.committed()  # the outputs are delivered, so they count
             self.commits += 1
             self.pending.keep(positions, self.consumer.assignment())

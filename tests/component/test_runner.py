@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from shared.errors import DeliveryError
+from shared.guarantees import AtLeastOnce
 from shared.records import InputRecord
 from shared.runner import RunnerConfig, ServiceRunner
 from shared.serde import encode
@@ -96,3 +97,43 @@ def test_a_commit_refused_after_a_rebalance_is_not_a_crash_the_new_owner_replays
     run(consumer, producer)
     assert sorted(p.key for p in producer.produced) == [b"a", b"b"]  # both batches scored and delivered
     assert consumer.closed
+
+
+def test_a_commit_refused_while_the_coordinator_loads_is_retried_at_the_next_commit_not_a_crash() -> None:
+    """After a broker restart the group coordinator answers COORDINATOR_LOAD_IN_PROGRESS for a while (it
+    ended a service in the fault suite's broker bounce): the offsets are committed by the next commit."""
+    from shared.kafka import KafkaError, KafkaException
+
+    class LoadingCoordinator(FakeConsumer):
+        refusals = 0
+
+        def commit(self, offsets, asynchronous=True):  # type: ignore[no-untyped-def]
+            if self.refusals == 0:
+                self.refusals += 1
+                raise KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS, "loading"))
+            super().commit(offsets, asynchronous)
+
+    consumer = LoadingCoordinator(
+        [
+            [message(encode(ride_started("a")), 0, partition=0)],
+            [message(encode(ride_started("b")), 0, partition=1)],
+        ]
+    )
+    producer = FakeProducer()
+    # A commit after every batch: the first is refused, the second must carry the first's offset too.
+    committer = AtLeastOnce(consumer, producer, "tip", 5.0, max_messages=1, max_interval_s=3600)
+    ServiceRunner(consumer, producer, EchoScorer(), CONFIG, committer=committer).run(threading.Event())
+    assert consumer.refusals == 1 and consumer.closed
+    assert sorted(p.key for p in producer.produced) == [b"a", b"b"]
+    assert sorted((tp.partition, tp.offset) for tp in consumer.commits[0]) == [(0, 1), (1, 1)]
+
+
+def test_a_commit_error_that_no_retry_can_fix_still_ends_the_run() -> None:
+    from shared.kafka import KafkaError, KafkaException
+
+    class Unauthorized(FakeConsumer):
+        def commit(self, offsets, asynchronous=True):  # type: ignore[no-untyped-def]
+            raise KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "no ACL"))
+
+    with pytest.raises(Exception, match="(?i)authori"):
+        run(Unauthorized([[message(encode(ride_started("a")), 0)]]), FakeProducer())
