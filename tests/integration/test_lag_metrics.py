@@ -45,7 +45,7 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 @contextmanager
 def running_instance(
     bootstrap: str, source: str, target: str, group: str, models: Path
-) -> Iterator[tuple[ServiceRunner, CollectorRegistry]]:
+) -> Iterator[CollectorRegistry]:
     """One tip-service instance of `group` in a thread, its metrics in a registry of its own."""
     config = {"bootstrap.servers": bootstrap}
     consumer = make_record_consumer(config, group, {"session.timeout.ms": 6000})
@@ -63,7 +63,7 @@ def running_instance(
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        yield runner, registry
+        yield registry
     finally:
         stop.set()  # (the run then commits and leaves the group itself)
         thread.join(30)
@@ -89,9 +89,9 @@ def test_a_partition_moved_to_another_instance_leaves_no_lag_series_behind(
     publish(200)
     group = f"lag-{uuid.uuid4().hex[:8]}"
 
-    with running_instance(kafka_bootstrap, source, target, group, trained_models) as (_, first_metrics):
+    with running_instance(kafka_bootstrap, source, target, group, trained_models) as first_metrics:
         wait_until(lambda: reported_partitions(first_metrics) == {0, 1}, "the only instance reports both")
-        with running_instance(kafka_bootstrap, source, target, group, trained_models) as (_, second_metrics):
+        with running_instance(kafka_bootstrap, source, target, group, trained_models) as second_metrics:
             # cooperative-sticky hands the newcomer one partition and revokes only that one from the first;
             # rides keep coming so that whichever it gets has records to consume (the client is the runner
             # thread's alone: asked from here, assignment() blocked behind the rebalance)
