@@ -1,4 +1,5 @@
-"""The one thing pyproject.toml cannot declare with setuptools>=69: the C tree walk (consumers/_treewalk.c).
+"""The one thing pyproject.toml cannot declare with setuptools>=69: the C extensions, the tree walk
+(consumers/_treewalk.c) and the rows of the prediction encoder (consumers/_rows.c).
 
 No -ffast-math and no fused multiply-adds (-ffp-contract=off): its sums must be scikit-learn's bit for bit.
 """
@@ -11,6 +12,7 @@ setup(
             "consumers._treewalk",
             ["consumers/_treewalk.c"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
-        )
+        ),
+        Extension("consumers._rows", ["consumers/_rows.c"], extra_compile_args=["-O3"]),
     ]
 )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -109,28 +110,38 @@ class ProgressColumns:
 # ---------------------------------------------------------------------------------------------- adapters
 
 
+def _column(events: Sequence[Any], name: str, dtype: type) -> np.ndarray:
+    # (map of an attrgetter into fromiter: the loop runs in C, ~3x a list comprehension into np.array)
+    return np.fromiter(map(attrgetter(name), events), dtype=dtype, count=len(events))
+
+
+def _epoch_column(events: Sequence[Any], name: str) -> np.ndarray:
+    times = map(attrgetter(name), events)
+    return np.fromiter(map(datetime.timestamp, times), dtype=np.float64, count=len(events))
+
+
 def start_columns_from_events(events: Sequence[RideStarted]) -> StartColumns:
     return StartColumns(
-        pickup_zone=np.array([e.pickup_zone for e in events], dtype=np.int64),
-        dropoff_zone=np.array([e.dropoff_zone for e in events], dtype=np.int64),
-        trip_distance_miles=np.array([e.trip_distance_miles for e in events], dtype=np.float64),
-        pickup_epoch_s=np.array([e.pickup_time.timestamp() for e in events], dtype=np.float64),
-        passenger_count=np.array([e.passenger_count for e in events], dtype=np.int64),
-        payment_type=np.array([e.payment_type for e in events], dtype=np.int64),
-        vendor_id=np.array([e.vendor_id for e in events], dtype=np.int64),
-        rate_code=np.array([e.rate_code for e in events], dtype=np.int64),
-        trip_type=np.array([e.trip_type for e in events], dtype=np.int64),
+        pickup_zone=_column(events, "pickup_zone", np.int64),
+        dropoff_zone=_column(events, "dropoff_zone", np.int64),
+        trip_distance_miles=_column(events, "trip_distance_miles", np.float64),
+        pickup_epoch_s=_epoch_column(events, "pickup_time"),
+        passenger_count=_column(events, "passenger_count", np.int64),
+        payment_type=_column(events, "payment_type", np.int64),
+        vendor_id=_column(events, "vendor_id", np.int64),
+        rate_code=_column(events, "rate_code", np.int64),
+        trip_type=_column(events, "trip_type", np.int64),
     )
 
 
 def progress_columns_from_events(events: Sequence[RideProgress]) -> ProgressColumns:
     return ProgressColumns(
-        pickup_zone=np.array([e.pickup_zone for e in events], dtype=np.int64),
-        dropoff_zone=np.array([e.dropoff_zone for e in events], dtype=np.int64),
-        trip_distance_miles=np.array([e.trip_distance_miles for e in events], dtype=np.float64),
-        pickup_epoch_s=np.array([e.pickup_time.timestamp() for e in events], dtype=np.float64),
-        elapsed_seconds=np.array([e.elapsed_seconds for e in events], dtype=np.float64),
-        distance_covered_miles=np.array([e.distance_covered_miles for e in events], dtype=np.float64),
+        pickup_zone=_column(events, "pickup_zone", np.int64),
+        dropoff_zone=_column(events, "dropoff_zone", np.int64),
+        trip_distance_miles=_column(events, "trip_distance_miles", np.float64),
+        pickup_epoch_s=_epoch_column(events, "pickup_time"),
+        elapsed_seconds=_column(events, "elapsed_seconds", np.float64),
+        distance_covered_miles=_column(events, "distance_covered_miles", np.float64),
     )
 
 

@@ -14,12 +14,14 @@ contract model and re-encodes it to the same bytes, so the contract stays the on
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from itertools import compress
+from itertools import chain, compress, repeat
+from operator import attrgetter
 from typing import Annotated, Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -28,6 +30,7 @@ from pydantic import TypeAdapter
 from pydantic_core import to_json
 from threadpoolctl import ThreadpoolController
 
+from consumers._rows import interleave
 from consumers.compiled import CompiledBooster
 from consumers.features import StartColumns, start_columns_from_events, start_features
 from schemas.base import SCHEMA_VERSION
@@ -135,10 +138,12 @@ class ContractDrift(TypeError):
 
 
 class PredictionEncoder:
-    """A contract's predictions, a batch at a time, by msgspec: one Struct per prediction, built from the
-    contract's fields in its order, and one `encode_lines` for the batch. Byte for byte what the contract
-    model writes (pydantic encodes any row with a float msgspec would spell differently), at ~0.5 µs a
-    prediction instead of `encode_prediction`'s ~3."""
+    """A contract's predictions, a batch at a time: the JSON every row of a batch shares is written once (by
+    msgspec, from the contract's fields in its order), the values that differ per row are each column's
+    JSON written in one msgspec call, and C (consumers/_rows.c) puts each row together. Byte for byte what
+    the contract model writes (pydantic encodes any row whose text msgspec would spell differently: a float
+    of 1e16 or more, an id JSON would escape), at ~0.35 µs a prediction; a msgspec Struct per row and
+    `encode_lines` cost ~0.8 (results/scoring-costs.md), `encode_prediction` ~3."""
 
     def __init__(self, contract: type[Prediction]) -> None:
         names = [name for name in contract.model_fields if name != "variant"]
@@ -154,10 +159,31 @@ class PredictionEncoder:
             raise ContractDrift(f"{contract.__name__}: a value field that is not a float")
         self.contract = contract
         self.prediction_type = PREDICTION_TYPES[contract]
-        self.struct: type[msgspec.Struct] = msgspec.defstruct(
-            f"{contract.__name__}Wire", [(name, Any) for name in names], gc=False
-        )
         self._encoder = msgspec.json.Encoder()
+
+    def template(self, model_name: str, model_version: str, produced_at: datetime) -> tuple[bytes, ...]:
+        """The text around a row's own values, in k + 1 parts: the text before its ride_id, between that and
+        its source_event_id, ... (the common fields' order), after its last value field."""
+        json = self._encoder.encode
+        constants = {
+            "schema_version": SCHEMA_VERSION,
+            "model_name": model_name,
+            "model_version": model_version,
+            "produced_at": produced_at,
+            "prediction_type": self.prediction_type,
+        }
+        parts, current = [], b""
+        for position, name in enumerate((*COMMON_FIELDS, "prediction_type", *self.value_fields)):
+            current += (b"," if position else b"{") + json(name) + b":"
+            if name in constants:
+                current += json(constants[name])
+            elif name in _QUOTED_COLUMNS:  # (plain text, checked per batch: quoted as it is)
+                parts.append(current + b'"')
+                current = b'"'
+            else:
+                parts.append(current)
+                current = b""
+        return (*parts, current + b"}")
 
     def encode(
         self,
@@ -171,25 +197,45 @@ class PredictionEncoder:
         order."""
         if not events:
             return []
+        ids = list(map(_RIDE_ID, events))
+        texts = [ids, list(map(_EVENT_ID, events)), list(map(_EVENT_TYPE, events))]
         columns = [column.tolist() for column in values]
-        wire = self.struct
-        head = (model_name, model_version, produced_at, self.prediction_type)
-        rows = [
-            wire(SCHEMA_VERSION, e.ride_id, e.event_id, e.event_type, e.event_time, *head, *numbers)
-            for e, numbers in zip(events, zip(*columns))
-        ]
-        lines = self._encoder.encode_lines(rows).split(b"\n")
-        encoded = [
-            EncodedPrediction(e.ride_id, e.ride_id.encode(), line, self.contract)
-            for e, line in zip(events, lines)
-        ]
-        too_big = np.flatnonzero(np.logical_or.reduce([np.abs(c) >= _SAME_FLOAT_TEXT_BELOW for c in values]))
-        for row in too_big.tolist():
+        lines = interleave(
+            self.template(model_name, model_version, produced_at),
+            (*texts, *map(self.json_items, [list(map(_EVENT_TIME, events)), *columns])),
+        )
+        encoded = list(map(EncodedPrediction, ids, map(str.encode, ids), lines, repeat(self.contract)))
+        too_big = np.logical_or.reduce([np.abs(c) >= _SAME_FLOAT_TEXT_BELOW for c in values])
+        for row in sorted({*np.flatnonzero(too_big).tolist(), *_escaped_rows(texts)}):
             fields = dict(zip(self.value_fields, (column[row] for column in columns)))
             encoded[row] = encode_prediction(
                 self.contract, events[row], model_name, model_version, produced_at, **fields
             )
         return encoded
+
+    def json_items(self, items: list[Any]) -> bytes:
+        """The items' JSON texts, comma-separated (floats' and times' text has no comma): the inside of the
+        list's JSON, which `interleave` splits."""
+        return self._encoder.encode(items)[1:-1]
+
+
+# The per-row fields the encoder copies as text between quotes (ids the contract's pattern keeps plain, and
+# the event type); the event time and the values are their JSON text.
+_QUOTED_COLUMNS = frozenset({"ride_id", "source_event_id", "source_event_type"})
+_RIDE_ID, _EVENT_ID, _EVENT_TYPE, _EVENT_TIME = map(
+    attrgetter, ("ride_id", "event_id", "event_type", "event_time")
+)
+# Text JSON writes as it is: printable ASCII but '"' and '\\'.
+_PLAIN_TEXT = re.compile(r"[ !#-\[\]-~]*")
+
+
+def _escaped_rows(texts: Sequence[list[str]]) -> list[int]:
+    """Rows with a text JSON would escape (the contract lets none through): one scan when there are none."""
+    if _PLAIN_TEXT.fullmatch("".join(chain.from_iterable(texts))) is not None:
+        return []
+    return [
+        row for row, row_texts in enumerate(zip(*texts)) if _PLAIN_TEXT.fullmatch("".join(row_texts)) is None
+    ]
 
 
 @cache
@@ -249,14 +295,33 @@ def tip_where_recorded(predicted_tip: np.ndarray, payment_type: np.ndarray) -> n
 def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -> list[tuple[int, str]]:
     """Events a scorer was handed but does not score (the runner filters them; this keeps the
     scorer total)."""
+    scored = np.fromiter(map(scored_types.__contains__, map(_EVENT_TYPE, events)), bool, count=len(events))
     return [
         (
             position,
-            f"{event.event_type} events are not scored here (scores {', '.join(sorted(scored_types))})",
+            f"{events[position].event_type} events are not scored here "
+            f"(scores {', '.join(sorted(scored_types))})",
         )
-        for position, event in enumerate(events)
-        if event.event_type not in scored_types
+        for position in np.flatnonzero(~scored).tolist()
     ]
+
+
+def positions_of(events: Sequence[Event], event_type: str) -> list[int]:
+    """Where the events of `event_type` are among `events` (compared in C, not in a Python loop)."""
+    found = np.fromiter(map(event_type.__eq__, map(_EVENT_TYPE, events)), bool, count=len(events))
+    return np.flatnonzero(found).tolist()
+
+
+def at(items: Sequence[T], positions: Sequence[int]) -> list[T]:
+    return list(map(items.__getitem__, positions))
+
+
+def in_event_order(parts: Sequence[tuple[Sequence[int], list[T]]]) -> list[T]:
+    """The items of every (positions, items) part, each at its position among the events, in their order:
+    so a ride's start estimate never follows its updates."""
+    positions = np.concatenate([np.asarray(where, dtype=np.int64) for where, _items in parts])
+    items = [item for _where, part in parts for item in part]
+    return at(items, np.argsort(positions, kind="stable").tolist())
 
 
 def finite_rows(
@@ -333,8 +398,8 @@ class StartScorer:
 
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
         result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
-        positions = [position for position, e in enumerate(events) if e.event_type == "ride_started"]
-        started = [events[position] for position in positions]
+        positions = positions_of(events, "ride_started")
+        started = at(events, positions)
         columns = start_columns_from_events(started)  # type: ignore[arg-type]
         values = self.at_pickup(columns, start_features(columns))
         finite = finite_rows(result, positions, values, self.model_name)

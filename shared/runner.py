@@ -18,13 +18,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import compress
+from operator import attrgetter
 from typing import Any, NamedTuple
 
-import msgspec
 import numpy as np
 
 from schemas.control import Deployment, SwitchRecord, switch_key
-from shared.columnar import DecodedRecord, EventView, decode_batch, decoder_kind
+from shared.columnar import DecodedRecord, EventView, decode_batch, decoder_kind, event_classes
 from shared.dead_letter import DeadLetter, dead_letter_for
 from shared.errors import KafkaUnavailableError
 from shared.guarantees import AtLeastOnce, DeliveryLedger, IntervalCommitter
@@ -50,6 +51,8 @@ DEFAULT_BROKER_LOSS_TIMEOUT_S = 60.0
 DEFAULT_FLUSH_TIMEOUT_S = 30.0
 # How stale the readiness probe's "holds partitions" may be.
 ASSIGNMENT_CHECK_S = 1.0
+
+_VALUE, _TIMESTAMP_MS, _EVENT_TYPE = map(attrgetter, ("value", "timestamp_ms", "event_type"))
 
 
 @dataclass(frozen=True)
@@ -83,14 +86,6 @@ class RunStats:
     batches: int = 0
 
 
-class Decoded(msgspec.Struct, frozen=True, gc=False):
-    """A record that decoded into an event this service scores: its contract model, or the decoder's view of
-    it (same attributes). (A Struct: built per event in C, where a NamedTuple's `__new__` is Python.)"""
-
-    record: InputRecord
-    event: RideEventModel | EventView
-
-
 class Refused(NamedTuple):
     """A record that is dead-lettered, and why."""
 
@@ -103,18 +98,21 @@ class Refused(NamedTuple):
 class BatchPlan:
     """One micro-batch sorted into what to score, what to dead-letter and what to pass over."""
 
-    to_score: list[Decoded] = field(default_factory=list)
+    # The records to score and, side by side, their events (contract models, or the decoder's views of them:
+    # same attributes).
+    to_score: list[InputRecord] = field(default_factory=list)
+    scored_events: list[RideEventModel | EventView] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     # Refusals by the decoder (not the model): each counts as an "invalid" input event.
     undecoded: int = 0
 
     def events(self) -> list[RideEventModel]:
-        return [decoded.event for decoded in self.to_score]
+        return self.scored_events
 
     def event_types(self) -> Counter[str]:
         """Inputs by event type, refused ones as "invalid"."""
-        counts: Counter[str] = Counter(decoded.event.event_type for decoded in self.to_score)
+        counts: Counter[str] = Counter(map(_EVENT_TYPE, self.scored_events))
         counts.update(self.ignored)
         if self.undecoded:
             counts["invalid"] += self.undecoded
@@ -173,26 +171,40 @@ def plan_batch(records: Sequence[InputRecord], scored_types: frozenset[str], max
     """Decode every record (one `decode_batch` for the batch); sort it into scored, refused (with the
     reason) or ignored."""
     plan = BatchPlan()
-    sized = [record for record in records if record.value is None or len(record.value) <= max_payload]
+    values = list(map(_VALUE, records))
     # Views, not models: the scorers read attributes, and building a model nobody keeps cost ~1.8 µs an event.
-    decoded_sized = iter(decode_batch([record.value for record in sized], scored_types, views=True))
-    for record in records:
-        value = record.value
-        decoded: DecodedRecord = (
-            Rejected("oversized", f"{len(value)} bytes > {max_payload}")
-            if value is not None and len(value) > max_payload
-            else next(decoded_sized)
-        )
-        if isinstance(decoded, Rejected):
-            plan.refused.append(Refused(record, decoded.reason, decoded.detail))
+    if max(map(len, filter(None, values)), default=0) <= max_payload:
+        decoded = decode_batch(values, scored_types, views=True)
+    else:
+        decoded = _decoded_within(values, scored_types, max_payload)
+    # The events to score found by their class (a numpy scan), in record order; the few others one by one.
+    scored = event_classes(scored_types)
+    to_score = np.fromiter(map(scored.__contains__, map(type, decoded)), bool, count=len(decoded))
+    rows = np.flatnonzero(to_score).tolist()
+    plan.to_score = list(map(records.__getitem__, rows))
+    plan.scored_events = list(map(decoded.__getitem__, rows))
+    for row in np.flatnonzero(~to_score).tolist():
+        outcome = decoded[row]
+        if isinstance(outcome, Rejected):
+            plan.refused.append(Refused(records[row], outcome.reason, outcome.detail))
             plan.undecoded += 1
-        elif isinstance(decoded, str):  # valid, of a type this service passes over: no model was built
-            plan.ignored.append(decoded)
-        elif decoded.event_type in scored_types:
-            plan.to_score.append(Decoded(record, decoded))
+        elif isinstance(outcome, str):  # valid, of a type this service passes over: no model was built
+            plan.ignored.append(outcome)
         else:
-            plan.ignored.append(decoded.event_type)
+            plan.ignored.append(outcome.event_type)
     return plan
+
+
+def _decoded_within(
+    values: list[bytes | None], scored_types: frozenset[str], max_payload: int
+) -> list[DecodedRecord]:
+    """`decode_batch` of the values no bigger than `max_payload`; the bigger ones refused as oversized."""
+    sized = [value is None or len(value) <= max_payload for value in values]
+    decoded = iter(decode_batch(list(compress(values, sized)), scored_types, views=True))
+    return [
+        next(decoded) if fits else Rejected("oversized", f"{len(value or b'')} bytes > {max_payload}")
+        for value, fits in zip(values, sized)
+    ]
 
 
 def score_batch(
@@ -204,7 +216,7 @@ def score_batch(
     plan = plan_batch(records, scorer.scored_event_types, max_payload)
     result = scorer.score(plan.events(), produced_at)
     for position, reason in result.failures:
-        plan.refused.append(Refused(plan.to_score[position].record, "unscoreable", reason))
+        plan.refused.append(Refused(plan.to_score[position], "unscoreable", reason))
     return ScoredBatch(plan, result.predictions, plan.dead_letters(service))
 
 
@@ -213,7 +225,8 @@ def record_batch(
 ) -> None:
     """Metrics and run counters of one processed batch (what it produced is counted on commit:
     `count_outputs`)."""
-    stamps = np.array([d.record.timestamp_ms for d in batch.plan.to_score], dtype=np.float64)
+    to_score = batch.plan.to_score
+    stamps = np.fromiter(map(_TIMESTAMP_MS, to_score), dtype=np.float64, count=len(to_score))
     stamps = stamps[stamps > 0]
     latencies = np.maximum(0.0, (time.time() * 1000 - stamps) / 1000)
     # One counter update per kind and batch: a labelled counter costs microseconds per call.

@@ -26,14 +26,16 @@ from consumers.features import (
     start_features,
 )
 from consumers.scoring import (
-    EncodedPrediction,
     Event,
     Predictor,
     ScoreResult,
+    at,
     check_labels,
     finite_rows,
+    in_event_order,
     kept,
     not_scored_failures,
+    positions_of,
     predict_rows,
     prediction_encoder,
 )
@@ -69,10 +71,8 @@ class TripDurationScorer:
 
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
         result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
-        start_at = [position for position, e in enumerate(events) if e.event_type == "ride_started"]
-        progress_at = [position for position, e in enumerate(events) if e.event_type == "ride_progress"]
-        started = [events[position] for position in start_at]
-        progress = [events[position] for position in progress_at]
+        start_at, progress_at = positions_of(events, "ride_started"), positions_of(events, "ride_progress")
+        started, progress = at(events, start_at), at(events, progress_at)
         start_columns = start_columns_from_events(started)  # type: ignore[arg-type]
         totals = self.at_pickup(start_columns, start_features(start_columns))
         progress_columns = progress_columns_from_events(progress)  # type: ignore[arg-type]
@@ -96,15 +96,9 @@ class TripDurationScorer:
             kept(progress, progress_ok), PROGRESS_MODEL, self.progress_version, produced_at,
             [elapsed / 60.0 + minutes_left, minutes_left, elapsed],
         )  # fmt: skip
-        # Back in the order of the events, so a ride's start estimate never follows its updates.
-        ordered: list[EncodedPrediction | None] = [None] * len(events)
-        for positions, predictions in (
-            (kept(start_at, start_ok), at_start),
-            (kept(progress_at, progress_ok), on_the_way),
-        ):
-            for position, prediction in zip(positions, predictions):
-                ordered[position] = prediction
-        result.predictions = [prediction for prediction in ordered if prediction is not None]
+        result.predictions = in_event_order(
+            [(kept(start_at, start_ok), at_start), (kept(progress_at, progress_ok), on_the_way)]
+        )
         return result
 
 
