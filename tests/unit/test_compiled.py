@@ -23,13 +23,16 @@ from sklearn.linear_model import LinearRegression
 
 from consumers import _treewalk
 from consumers.compiled import (
+    PREDICT_THREADS_ENV,
     PREDICTOR_ENV,
+    SPLIT_FROM_ROWS,
     CompiledBooster,
     TreeArrays,
     _raw_predict,
     compile_model,
     flatten_trees,
     ordinal_codes,
+    predict_threads,
 )
 from consumers.cost.scorer import load_scorer as load_cost
 from consumers.duration.scorer import load_scorer as load_duration
@@ -229,6 +232,28 @@ def test_two_threads_predicting_at_once_get_one_threads_numbers(
             both = list(pool.map(compiled.predict, (X, X)))
             assert np.array_equal(both[0], both[1])
             assert np.array_equal(both[0], np.concatenate(expected))
+
+
+def test_a_big_batch_walked_on_two_threads_gets_one_threads_numbers(
+    pipelines: dict[str, object], rows: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X = rows["progress"][:5_001]
+    assert len(X) >= SPLIT_FROM_ROWS
+    compiled = compile_model(pipelines["dynamic_duration"])
+    predictions = {}
+    try:
+        for threads in ("1", "2"):
+            monkeypatch.setenv(PREDICT_THREADS_ENV, threads)
+            predict_threads.cache_clear()
+            predictions[threads] = compiled.predict(X)
+        assert np.array_equal(predictions["1"], predictions["2"])
+        assert np.array_equal(predictions["2"], sklearn_predict(pipelines["dynamic_duration"], X))
+        monkeypatch.setenv(PREDICT_THREADS_ENV, "4")
+        predict_threads.cache_clear()
+        with pytest.raises(ConfigError, match=f"{PREDICT_THREADS_ENV}='4': expected 1 or 2"):
+            compiled.predict(X)
+    finally:
+        predict_threads.cache_clear()
 
 
 def test_the_services_score_with_the_compiled_models(models_dir: Path) -> None:

@@ -25,7 +25,7 @@ from consumers.features import (
     start_columns_from_trips,
     start_features,
 )
-from consumers.scoring import ScoreResult, prediction_encoder
+from consumers.scoring import ScoreResult, encode_prediction, prediction_encoder
 from consumers.tip.scorer import load_scorer as load_tip
 from consumers.tip.scorer import tip_scorer
 from consumers.training import train_models
@@ -294,3 +294,22 @@ def test_the_typed_encoder_writes_what_the_contract_model_writes_byte_for_byte(
             **dict(zip(encoder.value_fields, values)),
         )
         assert prediction.value == encode(model) and prediction.key == ride.encode()
+
+
+def test_an_id_json_would_escape_is_written_by_pydantic_not_copied_as_it_is() -> None:
+    """The contract's id pattern lets no such id through; the encoder still writes valid, identical JSON
+    for one (a quote, a backslash, a control character, non-ASCII), row by row beside plain ones."""
+    encoder = prediction_encoder(DurationPrediction)
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    ids = ["plain-1", 'quo"te', "back\\slash", "new\nline", "zone-é", "plain-2"]
+    events = [
+        SimpleNamespace(ride_id=ride, event_id=f"{ride}:1", event_type="ride_started", event_time=now)
+        for ride in ids
+    ]
+    columns = [np.arange(len(ids), dtype=np.float64) + 0.5 for _ in encoder.value_fields]
+    encoded = encoder.encode(events, "duration", "7", now, columns)
+    for prediction, event, row in zip(encoded, events, range(len(ids))):
+        values = {name: float(column[row]) for name, column in zip(encoder.value_fields, columns)}
+        expected = encode_prediction(DurationPrediction, event, "duration", "7", now, **values)  # type: ignore[arg-type]
+        assert prediction.value == expected.value and prediction.key == event.ride_id.encode()
+        assert json.loads(prediction.value)["ride_id"] == event.ride_id
