@@ -27,14 +27,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import numpy as np
 
 from bench.consumers import encoded_events, service_batch_size, train_bench_models
 from bench.peers import PeerRecord
-from consumers.compiled import PREDICTOR_ENV
+from consumers.compiled import PREDICT_THREADS_ENV, PREDICTOR_ENV, predict_threads
 from consumers.duration.scorer import PROGRESS_MODEL, START_MODEL, TripDurationScorer, load_scorer
 from consumers.features import (
     progress_columns_from_events,
@@ -42,10 +44,11 @@ from consumers.features import (
     start_columns_from_events,
     start_features,
 )
-from consumers.scoring import encode_prediction, predict_rows, prediction_encoder
+from consumers.scoring import EncodedPrediction, encode_prediction, predict_rows, prediction_encoder
+from schemas.base import SCHEMA_VERSION
 from schemas.events import RideProgress, RideStarted
 from schemas.predictions import DurationPrediction
-from shared.columnar import DECODER_ENV, decode_batch
+from shared.columnar import DECODER_ENV, KINDS, ColumnRule, decode_batch
 from shared.runner import plan_batch, score_batch
 from shared.serde import Rejected, decode_event, encode
 
@@ -110,10 +113,8 @@ def model_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list
 
 def batch_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list[bytes]:
     """Now: the contract's typed encoder, a batch at a time (what the scorers call)."""
-    columns = [np.full(len(events), 12.5), np.full(len(events), 3.5)]
-    columns.append(np.array([e.elapsed_seconds for e in events], dtype=np.float64))
     encoder = prediction_encoder(DurationPrediction)
-    return [p.value for p in encoder.encode(events, PROGRESS_MODEL, "v1", produced_at, columns)]
+    return [p.value for p in encoder.encode(events, PROGRESS_MODEL, "v1", produced_at, value_columns(events))]
 
 
 def direct_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list[bytes]:
@@ -130,6 +131,83 @@ def direct_encoded(events: Sequence[RideProgress], produced_at: datetime) -> lis
         ).value
         for e in events
     ]
+
+
+def struct_encoded(events: Sequence[RideProgress], produced_at: datetime) -> list[bytes]:
+    """The typed encoder before (afa3bf1), as it was: a msgspec Struct per prediction from the value columns,
+    one `encode_lines` per batch."""
+    columns = [column.tolist() for column in value_columns(events)]
+    wire = _wire_struct()
+    head = (PROGRESS_MODEL, "v1", produced_at, prediction_encoder(DurationPrediction).prediction_type)
+    rows = [
+        wire(SCHEMA_VERSION, e.ride_id, e.event_id, e.event_type, e.event_time, *head, *numbers)
+        for e, numbers in zip(events, zip(*columns))
+    ]
+    lines = _WIRE_ENCODER.encode_lines(rows).split(b"\n")
+    return [
+        EncodedPrediction(e.ride_id, e.ride_id.encode(), line, DurationPrediction).value
+        for e, line in zip(events, lines)
+    ]
+
+
+def value_columns(events: Sequence[RideProgress]) -> list[np.ndarray]:
+    columns = [np.full(len(events), 12.5), np.full(len(events), 3.5)]
+    return [*columns, np.array([e.elapsed_seconds for e in events], dtype=np.float64)]
+
+
+_WIRE_ENCODER = msgspec.json.Encoder()
+
+
+@cache
+def _wire_struct() -> type[msgspec.Struct]:
+    names = [name for name in DurationPrediction.model_fields if name != "variant"]
+    return msgspec.defstruct("DurationWire", [(name, Any) for name in names], gc=False)
+
+
+def _validators_per_struct(kind: Any) -> ColumnRule:
+    """The model validators as the decoder ran them before (afa3bf1): each called on each Struct."""
+    validators = [info.func for info in kind.model.__pydantic_decorators__.model_validators.values()]
+
+    def passes(struct: Any) -> bool:
+        try:
+            for validator in validators:
+                validator(struct)
+        except (ValueError, AssertionError):
+            return False
+        return True
+
+    return lambda structs: np.array([passes(s) for s in structs], dtype=bool)
+
+
+def with_validators_per_struct(work: Callable[[], T]) -> Callable[[], T]:
+    def run() -> T:
+        saved = [kind.rules for kind in KINDS]
+        for kind in KINDS:
+            kind.rules = [_validators_per_struct(kind)]
+        try:
+            return work()
+        finally:
+            for kind, rules in zip(KINDS, saved):
+                kind.rules = rules
+
+    return run
+
+
+def with_predict_threads(threads: str, work: Callable[[], T]) -> Callable[[], T]:
+    def run() -> T:
+        before = os.environ.get(PREDICT_THREADS_ENV)
+        os.environ[PREDICT_THREADS_ENV] = threads
+        predict_threads.cache_clear()
+        try:
+            return work()
+        finally:
+            if before is None:
+                del os.environ[PREDICT_THREADS_ENV]
+            else:
+                os.environ[PREDICT_THREADS_ENV] = before
+            predict_threads.cache_clear()
+
+    return run
 
 
 def stage_costs(
@@ -160,6 +238,10 @@ def stage_costs(
         progress_features(progress_columns_from_events(b)) for b in batches(progress, progress_batch)
     ]
 
+    # The encoder "before" is re-created here: it has to write what the encoder writes now, byte for byte.
+    if struct_encoded(progress[:200], now) != batch_encoded(progress[:200], now):
+        raise AssertionError("the previous encoder, as re-created here, writes other bytes")
+
     # Batch after batch, each dropped before the next, as a service does: holding all 40,000 events' models
     # at once made every garbage collection walk them, which is not a cost the service pays.
     def planned() -> None:
@@ -186,6 +268,9 @@ def stage_costs(
         "decode and validate: pydantic per record (before)": with_decoder("pydantic", planned),
         "decode and validate: decode_batch (now)": with_decoder("columnar", planned),
         "decode_batch into models (before)": decoded_batches(views=False),
+        "decode_batch into views, model validators per Struct (before)": with_validators_per_struct(
+            decoded_batches(views=True)
+        ),
         "decode_batch into views (now)": decoded_batches(views=True),
         "feature matrices": lambda: (
             [start_features(start_columns_from_events(b)) for b in batches(started, start_batch)],
@@ -200,12 +285,24 @@ def stage_costs(
         f"predict {PROGRESS_MODEL}: scikit-learn (before)": lambda: [
             predict_rows(baseline.progress_model, X) for X in progress_X
         ],
+        f"predict {PROGRESS_MODEL}: compiled, one thread (before)": with_predict_threads(
+            "1", lambda: [predict_rows(scorer.progress_model, X) for X in progress_X]
+        ),
         f"predict {PROGRESS_MODEL}: compiled (now)": lambda: [
             predict_rows(scorer.progress_model, X) for X in progress_X
         ],
-        "encode: contract model + serialiser (before)": lambda: model_encoded(progress, now),
-        "encode: encode_prediction, one at a time (before)": lambda: direct_encoded(progress, now),
-        "encode: typed encoder, a batch at a time (now)": lambda: batch_encoded(progress, now),
+        "encode: contract model + serialiser (before)": lambda: [
+            model_encoded(b, now) for b in batches(progress, progress_batch)
+        ],
+        "encode: encode_prediction, one at a time (before)": lambda: [
+            direct_encoded(b, now) for b in batches(progress, progress_batch)
+        ],
+        "encode: a msgspec Struct per prediction, a batch at a time (before)": lambda: [
+            struct_encoded(b, now) for b in batches(progress, progress_batch)
+        ],
+        "encode: typed encoder, shared text once, rows joined in C (now)": lambda: [
+            batch_encoded(b, now) for b in batches(progress, progress_batch)
+        ],
         "score_batch, scikit-learn (before)": scored(baseline),
         "score_batch, pydantic decode (before)": with_decoder("pydantic", scored(scorer)),
         "score_batch (decode, features, predict, encode)": with_decoder("columnar", scored(scorer)),
@@ -244,6 +341,18 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     lines += [
         f"decode_batch, models ÷ views (median of the rounds' ratios): {result['decode_models_over_views']}x."
+    ]
+    lines += [
+        "Encoding, a Struct per prediction ÷ rows joined in C (median of the rounds' ratios): "
+        f"{result['encode_structs_over_now']}x."
+    ]
+    lines += [
+        "decode_batch into views, validators per Struct ÷ column rules (median of the rounds' ratios): "
+        f"{result['decode_validators_over_rules']}x."
+    ]
+    lines += [
+        f"predict {PROGRESS_MODEL}, one thread ÷ two (median of the rounds' ratios): "
+        f"{result['predict_one_thread_over_two']}x."
     ]
     lines += [
         "Decode and validate, pydantic ÷ decode_batch (median of the rounds' ratios): "
@@ -289,16 +398,31 @@ def main() -> None:
         "us_per_event": us,
         "encode_before_over_now": round(
             us["encode: contract model + serialiser (before)"]
-            / us["encode: typed encoder, a batch at a time (now)"],
+            / us["encode: typed encoder, shared text once, rows joined in C (now)"],
             2,
         ),
         "encode_one_by_one_over_now": median_round_ratio(
             rounds,
             "encode: encode_prediction, one at a time (before)",
-            "encode: typed encoder, a batch at a time (now)",
+            "encode: typed encoder, shared text once, rows joined in C (now)",
         ),
         "decode_models_over_views": median_round_ratio(
             rounds, "decode_batch into models (before)", "decode_batch into views (now)"
+        ),
+        "encode_structs_over_now": median_round_ratio(
+            rounds,
+            "encode: a msgspec Struct per prediction, a batch at a time (before)",
+            "encode: typed encoder, shared text once, rows joined in C (now)",
+        ),
+        "decode_validators_over_rules": median_round_ratio(
+            rounds,
+            "decode_batch into views, model validators per Struct (before)",
+            "decode_batch into views (now)",
+        ),
+        "predict_one_thread_over_two": median_round_ratio(
+            rounds,
+            f"predict {PROGRESS_MODEL}: compiled, one thread (before)",
+            f"predict {PROGRESS_MODEL}: compiled (now)",
         ),
         "predict_before_over_now": {
             f"predict {name}": round(
