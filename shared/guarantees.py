@@ -78,19 +78,54 @@ def exit_stuck(what: str, seconds: float) -> None:
     os._exit(EXIT_TRANSACTION_STUCK)
 
 
-@contextmanager
-def watchdog(
-    what: str, seconds: float, on_overrun: Callable[[str, float], None] = exit_stuck
-) -> Iterator[None]:
-    """librdkafka can block in send_offsets_to_transaction past its timeout when the group coordinator's
-    broker was replaced (confluentinc/librdkafka#5456, #5511, open); a timer turns that hang into an exit."""
-    timer = threading.Timer(seconds, on_overrun, (what, seconds))
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+class Watchdog:
+    """Ends the process (`on_overrun`) when a guarded call overruns its deadline: librdkafka can block in
+    send_offsets_to_transaction past its timeout when the group coordinator's broker was replaced
+    (confluentinc/librdkafka#5456, #5511, open).
+
+    One daemon thread for the committer's life, armed and disarmed around each call: a `threading.Timer` per
+    call started a thread twice per transaction (every 50 ms), and `Thread.start` waits until the new thread
+    runs, on cores the broker and the service keep busy. Guards one call at a time (the committer's)."""
+
+    def __init__(
+        self,
+        on_overrun: Callable[[str, float], None] = exit_stuck,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.on_overrun = on_overrun
+        self.clock = clock
+        self._changed = threading.Condition()
+        self._armed: tuple[str, float, float] | None = None  # (what, seconds, deadline)
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def guard(self, what: str, seconds: float) -> Iterator[None]:
+        with self._changed:
+            self._armed = (what, seconds, self.clock() + seconds)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="ridestream-watchdog", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._armed = None
+                self._changed.notify()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while True:
+                if self._armed is None:
+                    self._changed.wait()
+                    continue
+                what, seconds, deadline = self._armed
+                left = deadline - self.clock()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                self._armed = None
+                self.on_overrun(what, seconds)
 
 
 class DeliveryLedger:
@@ -353,6 +388,7 @@ class ExactlyOnce(IntervalCommitter):
         super().__init__(consumer, producer, service, flush_timeout_s, max_messages, max_interval_s, clock)
         self.producer: TransactionalProducer = producer
         self.call_timeout_s = call_timeout_s
+        self.watchdog = Watchdog()
         # Fences any earlier instance with the same transactional.id and aborts its open transaction.
         try:
             self.producer.init_transactions(flush_timeout_s)
@@ -387,7 +423,7 @@ class ExactlyOnce(IntervalCommitter):
             raise DeliveryError(f"{self.service}: {problem}; transaction aborted")
         positions = self.pending.positions()
         try:
-            with watchdog("send_offsets_to_transaction", self.call_timeout_s + WATCHDOG_GRACE_S):
+            with self.watchdog.guard("send_offsets_to_transaction", self.call_timeout_s + WATCHDOG_GRACE_S):
                 if positions:
                     self.producer.send_offsets_to_transaction(
                         positions, self.consumer.consumer_group_metadata(), self.call_timeout_s
@@ -407,7 +443,7 @@ class ExactlyOnce(IntervalCommitter):
     def commit_with_retries(self) -> None:
         for attempt in range(COMMIT_RETRIES):
             try:
-                with watchdog("commit_transaction", self.call_timeout_s + WATCHDOG_GRACE_S):
+                with self.watchdog.guard("commit_transaction", self.call_timeout_s + WATCHDOG_GRACE_S):
                     self.producer.commit_transaction(self.call_timeout_s)
                 return
             except KafkaException as exc:
