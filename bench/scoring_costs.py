@@ -69,21 +69,31 @@ def best_seconds(work: Callable[[], Any], repeats: int) -> float:
 T = TypeVar("T")
 
 
-def with_decoder(decoder: str, work: Callable[[], T]) -> Callable[[], T]:
-    """`work` with RIDESTREAM_DECODER set to `decoder` while it runs (read per batch by `decode_batch`)."""
+def with_env(
+    name: str, value: str, work: Callable[[], T], reread: Callable[[], Any] = lambda: None
+) -> Callable[[], T]:
+    """`work` with the environment variable `name` set to `value` while it runs; `reread` drops what caches
+    the variable (called on both sides)."""
 
     def run() -> T:
-        before = os.environ.get(DECODER_ENV)
-        os.environ[DECODER_ENV] = decoder
+        before = os.environ.get(name)
+        os.environ[name] = value
+        reread()
         try:
             return work()
         finally:
             if before is None:
-                del os.environ[DECODER_ENV]
+                del os.environ[name]
             else:
-                os.environ[DECODER_ENV] = before
+                os.environ[name] = before
+            reread()
 
     return run
+
+
+def with_decoder(decoder: str, work: Callable[[], T]) -> Callable[[], T]:
+    """`work` with RIDESTREAM_DECODER set to `decoder` while it runs (read per batch by `decode_batch`)."""
+    return with_env(DECODER_ENV, decoder, work)
 
 
 def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -194,20 +204,7 @@ def with_validators_per_struct(work: Callable[[], T]) -> Callable[[], T]:
 
 
 def with_predict_threads(threads: str, work: Callable[[], T]) -> Callable[[], T]:
-    def run() -> T:
-        before = os.environ.get(PREDICT_THREADS_ENV)
-        os.environ[PREDICT_THREADS_ENV] = threads
-        predict_threads.cache_clear()
-        try:
-            return work()
-        finally:
-            if before is None:
-                del os.environ[PREDICT_THREADS_ENV]
-            else:
-                os.environ[PREDICT_THREADS_ENV] = before
-            predict_threads.cache_clear()
-
-    return run
+    return with_env(PREDICT_THREADS_ENV, threads, work, predict_threads.cache_clear)
 
 
 def stage_costs(
