@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install lint run test test-all test-spark spark-extra test-docker docker-up docker-down faults bench bench-producer bench-web bench-batch schemas broker-jars clean
 
-# setup.py and the C sources too: the extensions are compiled at install (consumers/_treewalk.c, _rows.c).
-$(STAMP): pyproject.toml setup.py consumers/_treewalk.c consumers/_rows.c
+# setup.py and the C sources too: the extensions are compiled at install (consumers/_treewalk.c, _rows.c, shared/_batch.c).
+$(STAMP): pyproject.toml setup.py consumers/_treewalk.c consumers/_rows.c shared/_batch.c
 	$(PYTHON) -m venv $(VENV)
 	# uv resolves and installs the same pins as pip, in seconds instead of ~3 min (CI's budget is 20).
 	# --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise

@@ -186,7 +186,7 @@ def _validators_per_struct(kind: Any) -> ColumnRule:
             return False
         return True
 
-    return lambda structs: np.array([passes(s) for s in structs], dtype=bool)
+    return lambda structs, _columns: np.array([passes(s) for s in structs], dtype=bool)
 
 
 def with_validators_per_struct(work: Callable[[], T]) -> Callable[[], T]:

@@ -19,14 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from schemas.events import RideProgress, RideStarted
-from shared.columnar import attribute_column
+from shared.columnar import numeric_columns
 
 if TYPE_CHECKING:  # only training hands in trip frames
     import pandas as pd
@@ -111,33 +110,59 @@ class ProgressColumns:
 # ---------------------------------------------------------------------------------------------- adapters
 
 
-def _epoch_column(events: Sequence[Any], name: str) -> np.ndarray:
-    times = map(attrgetter(name), events)
-    return np.fromiter(map(datetime.timestamp, times), dtype=np.float64, count=len(events))
+# The attributes of an event each adapter reads, in its columns' order.
+_START_ATTRIBUTES: tuple[str, ...] = (
+    "pickup_zone",
+    "dropoff_zone",
+    "trip_distance_miles",
+    "pickup_time",
+    "passenger_count",
+    "payment_type",
+    "vendor_id",
+    "rate_code",
+    "trip_type",
+)
+_PROGRESS_ATTRIBUTES: tuple[str, ...] = (
+    "pickup_zone",
+    "dropoff_zone",
+    "trip_distance_miles",
+    "pickup_time",
+    "elapsed_seconds",
+    "distance_covered_miles",
+)
+
+
+def _ints(column: np.ndarray) -> np.ndarray:
+    return column.astype(np.int64)
 
 
 def start_columns_from_events(events: Sequence[RideStarted]) -> StartColumns:
+    # (every column in one C pass over the events: a numpy iterator per column cost ~2x as much)
+    zone, dropoff, distance, pickup, passengers, payment, vendor, rate, trip = numeric_columns(
+        events, _START_ATTRIBUTES
+    )
     return StartColumns(
-        pickup_zone=attribute_column(events, "pickup_zone", np.int64),
-        dropoff_zone=attribute_column(events, "dropoff_zone", np.int64),
-        trip_distance_miles=attribute_column(events, "trip_distance_miles", np.float64),
-        pickup_epoch_s=_epoch_column(events, "pickup_time"),
-        passenger_count=attribute_column(events, "passenger_count", np.int64),
-        payment_type=attribute_column(events, "payment_type", np.int64),
-        vendor_id=attribute_column(events, "vendor_id", np.int64),
-        rate_code=attribute_column(events, "rate_code", np.int64),
-        trip_type=attribute_column(events, "trip_type", np.int64),
+        pickup_zone=_ints(zone),
+        dropoff_zone=_ints(dropoff),
+        trip_distance_miles=distance,
+        pickup_epoch_s=pickup,
+        passenger_count=_ints(passengers),
+        payment_type=_ints(payment),
+        vendor_id=_ints(vendor),
+        rate_code=_ints(rate),
+        trip_type=_ints(trip),
     )
 
 
 def progress_columns_from_events(events: Sequence[RideProgress]) -> ProgressColumns:
+    zone, dropoff, distance, pickup, elapsed, covered = numeric_columns(events, _PROGRESS_ATTRIBUTES)
     return ProgressColumns(
-        pickup_zone=attribute_column(events, "pickup_zone", np.int64),
-        dropoff_zone=attribute_column(events, "dropoff_zone", np.int64),
-        trip_distance_miles=attribute_column(events, "trip_distance_miles", np.float64),
-        pickup_epoch_s=_epoch_column(events, "pickup_time"),
-        elapsed_seconds=attribute_column(events, "elapsed_seconds", np.float64),
-        distance_covered_miles=attribute_column(events, "distance_covered_miles", np.float64),
+        pickup_zone=_ints(zone),
+        dropoff_zone=_ints(dropoff),
+        trip_distance_miles=distance,
+        pickup_epoch_s=pickup,
+        elapsed_seconds=elapsed,
+        distance_covered_miles=covered,
     )
 
 

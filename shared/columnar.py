@@ -15,17 +15,18 @@ the accepted events equal pydantic's, field by field, on valid, hostile and near
 Rules that live in validator functions, and how this module keeps them:
 - `schemas.base._to_utc` (the years a ride can happen in): the same bounds (`EARLIEST`, `LATEST`, imported),
   compared with numpy on each time column's epoch seconds (exact: below 2**32 s every microsecond is its
-  own float), then the same conversion to UTC for the few times not already in UTC.
+  own double), then the same conversion to UTC for the few times not already in UTC.
 - the models' `model_validator`s (`_not_before_pickup`, `_within_trip`, `_dropoff_after_pickup`): each has a
-  column rule in `COLUMN_RULES` (times compared by `map(operator.ge, ...)`, distances with numpy), which
-  made decoding into views 1.09x less than calling the validators on each Struct (results/scoring-costs.md).
+  column rule in `COLUMN_RULES`, numpy over the kind's numeric columns (times as epoch seconds), which
+  `numeric_columns` gathers in one C pass (shared/_batch.c) for the rules and the time bounds alike.
   A validator with no rule stops the build, and the property test holds each rule to pydantic's verdict at
   its edges.
 - the id `pattern`: one `re.fullmatch` over the batch's ids joined by a separator the pattern cannot match.
 
 Where msgspec and pydantic read the same text differently, the record goes to pydantic: a time with more
 than 6 fractional digits (msgspec rounds, pydantic truncates); and, as a precaution with no difference
-found, any JSON escape (`\\`). One scan of the joined batch finds both when a batch has none.
+found, any JSON escape (`\\`). `doubtful_rows` (shared/_batch.c) finds both, in C (an id like
+"a1:23.4567890" only costs a slow path).
 
 msgspec rather than a pydantic-core batch call: validating a whole batch as one `list[RideEvent]` JSON array
 cost 11 µs an event against 15 µs one by one (its validators still run per event in Python), msgspec's
@@ -36,10 +37,9 @@ decode 1.5 µs (one run, side by side); and one bad record fails a whole array.
 
 from __future__ import annotations
 
-import operator
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from itertools import compress, repeat
@@ -54,6 +54,8 @@ from pydantic.fields import FieldInfo
 
 from schemas.base import EARLIEST, LATEST, _to_utc
 from schemas.events import PROGRESS_DISTANCE_SLACK, RideCompleted, RideProgress, RideStarted
+from shared._batch import doubtful_rows
+from shared._batch import numeric_columns as _numeric_columns
 from shared.errors import ConfigError
 from shared.serde import Rejected, RideEventModel, decode_event
 
@@ -71,11 +73,6 @@ EventView = Any
 # caller did not ask a model for) its event_type.
 DecodedRecord = RideEventModel | Rejected | str | EventView
 
-# msgspec rounds a 7th fractional digit of a time, pydantic truncates it; JSON escapes are read by two
-# different parsers. A hit sends that record to pydantic (ids like "a1:23.4567890" only cost a slow path).
-# (The lookbehind comes last so that re's fast scan for the literal "." leads; a leading class or an
-# alternation made the scan ~2.5 µs an event.)
-_SEVEN_DIGIT_SECONDS = re.compile(rb"\.\d{7}(?<=\d:\d\d\.\d{7})")
 _ID_SEPARATOR = "\x00"
 
 _BOUNDS: dict[type, str] = {
@@ -106,6 +103,7 @@ class _Field:
         self.name = name
         self.pattern: str | None = None
         self.utc_time = False
+        self.numeric = info.annotation in (int, float)
         bounds: dict[str, Any] = {}
         finite = False
         for item in info.metadata:
@@ -173,6 +171,8 @@ class _EventKind:
         if not all(name.isidentifier() for name in self.names):
             raise ContractDrift(f"{model.__name__}: a field name that is not an identifier")
         self.times = tuple(f.name for f in fields if f.utc_time)
+        # What the rules read, gathered in one C pass per batch: times (as epoch seconds) and numbers.
+        self.numeric = tuple(f.name for f in fields if f.utc_time or f.numeric)
         self._build = _model_builder(self)
         # (field, one value's pattern, the batch's joined values' pattern)
         self.patterns = tuple(
@@ -188,14 +188,12 @@ class _EventKind:
             values = list(map(attrgetter(name), structs))
             if joined.fullmatch(_ID_SEPARATOR.join(values)) is None:
                 ok &= np.array([single.fullmatch(v) is not None for v in values], dtype=bool)
+        columns = dict(zip(self.numeric, numeric_columns(structs, self.numeric)))
         for name in self.times:
-            times = list(map(attrgetter(name), structs))
-            # (a batch's earliest and latest, in C; row by row only when one of them is out of range)
-            if times and (min(times) < EARLIEST or max(times) >= LATEST):
-                epoch = np.array([t.timestamp() for t in times], dtype=np.float64)
-                ok &= (epoch >= EARLIEST.timestamp()) & (epoch < LATEST.timestamp())
+            epoch = columns[name]
+            ok &= (epoch >= EARLIEST.timestamp()) & (epoch < LATEST.timestamp())
         for rule in self.rules:
-            ok &= rule(structs)
+            ok &= rule(structs, columns)
         return ok
 
     def views_of(self, structs: Sequence[Any]) -> list[EventView]:
@@ -213,40 +211,44 @@ class _EventKind:
         return self._build(structs)
 
 
-# A model validator's rule over a kind's Structs: True where it passes. Keyed by the validator's qualified
-# name; a validator without one stops the decoder's build (ContractDrift), so none is skipped silently.
-ColumnRule = Callable[[Sequence[Any]], np.ndarray]
+# A batch's numeric attributes (times as epoch seconds), one float64 column per name: what the column rules
+# read, gathered once per kind by `numeric_columns`.
+Columns = Mapping[str, np.ndarray]
+# A model validator's rule over a kind's Structs and their numeric columns: True where it passes. Keyed by
+# the validator's qualified name; a validator without one stops the decoder's build (ContractDrift), so none
+# is skipped silently.
+ColumnRule = Callable[[Sequence[Any], Columns], np.ndarray]
 
 
-def _holds(relation: Callable[[Any, Any], bool], left: str, right: str) -> ColumnRule:
-    """`relation(struct.left, struct.right)` for every struct, compared in C (`map` of an operator)."""
+def numeric_columns(objects: Sequence[Any], names: tuple[str, ...]) -> np.ndarray:
+    """Every object's attributes `names` as a (len(names), len(objects)) float64 array, in one C pass
+    (shared/_batch.c): a number as `float(value)`, a time as `value.timestamp()`, the same doubles."""
+    return np.frombuffer(_numeric_columns(objects, names)).reshape(len(names), len(objects))
 
-    def rule(structs: Sequence[Any]) -> np.ndarray:
-        pairs = map(relation, map(attrgetter(left), structs), map(attrgetter(right), structs))
-        return np.fromiter(pairs, dtype=bool, count=len(structs))
+
+def _holds(relation: Callable[[np.ndarray, np.ndarray], np.ndarray], left: str, right: str) -> ColumnRule:
+    """`relation(struct.left, struct.right)` for every struct, on two time columns. Exact: below 2**32 s
+    (`LATEST`) every microsecond is its own double, and a time outside the range fails already."""
+
+    def rule(structs: Sequence[Any], columns: Columns) -> np.ndarray:
+        return np.asarray(relation(columns[left], columns[right]))
 
     return rule
 
 
-def attribute_column(objects: Sequence[Any], name: str, dtype: type = np.float64) -> np.ndarray:
-    """Every object's attribute `name` as one numpy column (map of an attrgetter into fromiter: the loop runs
-    in C, ~3x a list comprehension into np.array)."""
-    return np.fromiter(map(attrgetter(name), objects), dtype=dtype, count=len(objects))
-
-
-def _within_trip(structs: Sequence[Any]) -> np.ndarray:
+def _within_trip(structs: Sequence[Any], columns: Columns) -> np.ndarray:
     # RideProgress._within_trip's arithmetic, elementwise in float64: the same operations on the same
     # numbers, so the same verdict to the last bit (tests/unit/test_columnar_decode.py holds the edges).
-    planned = attribute_column(structs, "trip_distance_miles")
-    covered = attribute_column(structs, "distance_covered_miles")
+    planned = columns["trip_distance_miles"]
+    covered = columns["distance_covered_miles"]
     limit = np.maximum(planned * PROGRESS_DISTANCE_SLACK, planned + 0.1)
     return np.asarray(covered <= limit)
 
 
 COLUMN_RULES: dict[str, ColumnRule] = {
-    "_RideEvent._not_before_pickup": _holds(operator.ge, "event_time", "pickup_time"),
+    "_RideEvent._not_before_pickup": _holds(np.greater_equal, "event_time", "pickup_time"),
     "RideProgress._within_trip": _within_trip,
-    "RideCompleted._dropoff_after_pickup": _holds(operator.gt, "dropoff_time", "pickup_time"),
+    "RideCompleted._dropoff_after_pickup": _holds(np.greater, "dropoff_time", "pickup_time"),
 }
 
 
@@ -326,17 +328,6 @@ def event_classes(event_types: frozenset[str]) -> frozenset[type]:
     return frozenset(cls for kind in KINDS if kind.tag in event_types for cls in (kind.struct, kind.model))
 
 
-def _doubtful(payload: bytes) -> bool:
-    return b"\\" in payload or _SEVEN_DIGIT_SECONDS.search(payload) is not None
-
-
-def _doubtful_rows(payloads: Sequence[bytes], joined: bytes) -> set[int]:
-    """Rows whose text msgspec and pydantic might read differently; one scan of the batch when none are."""
-    if not _doubtful(joined):
-        return set()
-    return {row for row, payload in enumerate(payloads) if _doubtful(payload)}
-
-
 def _structs(payloads: Sequence[bytes | None]) -> list[Any]:
     """Each payload as a Struct, or None where msgspec refuses it or might read it otherwise than pydantic.
     (One `decode_lines` of the joined batch was no faster: checking that no payload holds a newline cost
@@ -346,7 +337,7 @@ def _structs(payloads: Sequence[bytes | None]) -> list[Any]:
         structs = list(map(_DECODER.decode, texts))
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError, RecursionError):
         structs = [_struct(text) for text in texts]
-    for row in _doubtful_rows(texts, b"\n".join(texts)):
+    for row in doubtful_rows(texts):
         structs[row] = None
     return structs
 
