@@ -292,24 +292,27 @@ def tip_where_recorded(predicted_tip: np.ndarray, payment_type: np.ndarray) -> n
     return np.where(np.isnan(predicted_tip), np.nan, tips)
 
 
-def not_scored_failures(events: Sequence[Event], scored_types: frozenset[str]) -> list[tuple[int, str]]:
-    """Events a scorer was handed but does not score (the runner filters them; this keeps the
-    scorer total)."""
-    scored = np.fromiter(map(scored_types.__contains__, map(_EVENT_TYPE, events)), bool, count=len(events))
+def positions_by_type(events: Sequence[Event], event_types: Sequence[str]) -> list[list[int]]:
+    """Where the events of each of `event_types` are among `events`, then (last) where all the others are:
+    one scan of the events' types, whatever the number of types."""
+    codes = {event_type: code for code, event_type in enumerate(event_types)}
+    kinds = np.fromiter(map(codes.get, map(_EVENT_TYPE, events), repeat(-1)), np.int8, count=len(events))
+    return [np.flatnonzero(kinds == code).tolist() for code in (*range(len(event_types)), -1)]
+
+
+def not_scored_failures(
+    events: Sequence[Event], positions: Sequence[int], scored_types: frozenset[str]
+) -> list[tuple[int, str]]:
+    """The events at `positions`, which a scorer was handed but does not score (the runner filters them;
+    this keeps the scorer total)."""
     return [
         (
             position,
             f"{events[position].event_type} events are not scored here "
             f"(scores {', '.join(sorted(scored_types))})",
         )
-        for position in np.flatnonzero(~scored).tolist()
+        for position in positions
     ]
-
-
-def positions_of(events: Sequence[Event], event_type: str) -> list[int]:
-    """Where the events of `event_type` are among `events` (compared in C, not in a Python loop)."""
-    found = np.fromiter(map(event_type.__eq__, map(_EVENT_TYPE, events)), bool, count=len(events))
-    return np.flatnonzero(found).tolist()
 
 
 def at(items: Sequence[T], positions: Sequence[int]) -> list[T]:
@@ -397,8 +400,8 @@ class StartScorer:
         return self.post_process(predict_rows(self.model, features), columns)
 
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
-        result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
-        positions = positions_of(events, "ride_started")
+        positions, others = positions_by_type(events, ("ride_started",))
+        result = ScoreResult(failures=not_scored_failures(events, others, self.scored_event_types))
         started = at(events, positions)
         columns = start_columns_from_events(started)  # type: ignore[arg-type]
         values = self.at_pickup(columns, start_features(columns))

@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <structmember.h>
 
 #include <string.h>
 
@@ -73,6 +74,22 @@ as_double(PyObject *value, double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* The slot `name` of instances of `type` when the generic attribute lookup would read it from there (a
+ * member descriptor of an object type, which wins over any instance dict), else NULL: ask getattr. */
+static PyMemberDef *
+slot_member(PyTypeObject *type, PyObject *name)
+{
+    if (type->tp_getattro != PyObject_GenericGetAttr || !PyUnicode_Check(name)) {
+        return NULL;
+    }
+    PyObject *descr = _PyType_Lookup(type, name); /* borrowed */
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        return NULL;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    return member->type == T_OBJECT_EX || member->type == T_OBJECT ? member : NULL;
+}
+
 /* numeric_columns(objects, names) -> bytearray: len(names) rows of len(objects) doubles, row j holding
  * every object's attribute names[j]. */
 static PyObject *
@@ -101,9 +118,27 @@ numeric_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     double *cells = (double *)PyByteArray_AS_STRING(out);
     PyObject **items = PySequence_Fast_ITEMS(objects);
+    /* The member descriptors of the last type seen (a batch's objects are mostly of one: msgspec Structs,
+     * whose fields are slots): read straight from the slot, not through a lookup per attribute. */
+    PyMemberDef **members = PyMem_Calloc((size_t)(k ? k : 1), sizeof(PyMemberDef *));
+    if (members == NULL) {
+        Py_DECREF(objects);
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    PyTypeObject *members_of = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
+        PyTypeObject *type = Py_TYPE(items[i]);
+        if (type != members_of) {
+            members_of = type;
+            for (Py_ssize_t j = 0; j < k; j++) {
+                members[j] = slot_member(type, PyTuple_GET_ITEM(names, j));
+            }
+        }
         for (Py_ssize_t j = 0; j < k; j++) {
-            PyObject *value = PyObject_GetAttr(items[i], PyTuple_GET_ITEM(names, j));
+            PyObject *value = members[j] != NULL
+                                  ? PyMember_GetOne((const char *)items[i], members[j])
+                                  : PyObject_GetAttr(items[i], PyTuple_GET_ITEM(names, j));
             if (value == NULL) {
                 goto fail;
             }
@@ -114,9 +149,11 @@ numeric_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
+    PyMem_Free(members);
     Py_DECREF(objects);
     return out;
 fail:
+    PyMem_Free(members);
     Py_DECREF(objects);
     Py_DECREF(out);
     return NULL;

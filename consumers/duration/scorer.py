@@ -35,7 +35,7 @@ from consumers.scoring import (
     in_event_order,
     kept,
     not_scored_failures,
-    positions_of,
+    positions_by_type,
     predict_rows,
     prediction_encoder,
 )
@@ -70,8 +70,8 @@ class TripDurationScorer:
         return np.asarray(np.maximum(predict_rows(self.start_model, features), 0.0))
 
     def score(self, events: Sequence[Event], produced_at: datetime) -> ScoreResult:
-        result = ScoreResult(failures=not_scored_failures(events, self.scored_event_types))
-        start_at, progress_at = positions_of(events, "ride_started"), positions_of(events, "ride_progress")
+        start_at, progress_at, others = positions_by_type(events, ("ride_started", "ride_progress"))
+        result = ScoreResult(failures=not_scored_failures(events, others, self.scored_event_types))
         started, progress = at(events, start_at), at(events, progress_at)
         start_columns = start_columns_from_events(started)  # type: ignore[arg-type]
         totals = self.at_pickup(start_columns, start_features(start_columns))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given
@@ -32,6 +33,18 @@ class Row:
     at: datetime
 
 
+class SlotRow(msgspec.Struct):
+    """Read from its slots (the decoder's Structs): the C pass's other way of reading an attribute."""
+
+    count: int
+    distance: float
+    at: datetime
+
+
+class Slots:
+    __slots__ = ("count",)
+
+
 _OFFSETS = st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=30))])
 _TIMES = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_OFFSETS)
 
@@ -40,7 +53,8 @@ _TIMES = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 
 def test_numeric_columns_are_float_and_timestamp_of_every_attribute(
     values: list[tuple[int, float, datetime]],
 ) -> None:
-    rows = [Row(*row) for row in values]
+    # Slots and instance dicts interleaved: every change of type looks its attributes up again.
+    rows = [(SlotRow if position % 3 else Row)(*row) for position, row in enumerate(values)]
     columns = numeric_columns(rows, ("count", "distance", "at"))
     assert columns.shape == (3, len(rows)) and columns.dtype == np.float64
     assert columns[0].tolist() == [float(row.count) for row in rows]
@@ -54,6 +68,8 @@ def test_numeric_columns_name_what_they_cannot_read() -> None:
         numeric_columns([Row(1, 2.0, datetime.now(UTC))], ("missing",))
     with pytest.raises(TypeError):
         numeric_columns([Row("three", 2.0, datetime.now(UTC))], ("count",))  # type: ignore[arg-type]
+    with pytest.raises(AttributeError, match="count"):
+        numeric_columns([Slots()], ("count",))  # a slot never set
     assert numeric_columns([], ("count", "at")).shape == (2, 0)
 
 
